@@ -1,0 +1,42 @@
+"""wegeft-vision: WeGeFT (weight-generative fine-tuning) and its baselines for timm Vision Transformers."""
+
+from .backbones import DEFAULT_BACKBONE, backbone_tag, create_backbone, data_config
+from .methods import (
+    BitFitConfig,
+    FullFinetuneConfig,
+    LinearProbeConfig,
+    LoRAConfig,
+    MethodConfig,
+    VPTConfig,
+    WeGeFTConfig,
+    config_from_dict,
+    count_trainable,
+    inject,
+    load_adapter,
+    merge,
+    save_adapter,
+    unmerge,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_BACKBONE",
+    "BitFitConfig",
+    "FullFinetuneConfig",
+    "LinearProbeConfig",
+    "LoRAConfig",
+    "MethodConfig",
+    "VPTConfig",
+    "WeGeFTConfig",
+    "backbone_tag",
+    "config_from_dict",
+    "count_trainable",
+    "create_backbone",
+    "data_config",
+    "inject",
+    "load_adapter",
+    "merge",
+    "save_adapter",
+    "unmerge",
+]

@@ -1,0 +1,44 @@
+"""timm backbones: creation by name and pretrained tag, and the data settings stored with their weights.
+
+Knows nothing of adapters; `methods` edits what this returns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import timm
+from timm.data import resolve_model_data_config
+from torch import nn
+
+# The authors' choice for the vision experiments (ImageNet-21k, AugReg); `vit_base_patch16_224.orig_in21k` is the
+# original ViT-B/16 checkpoint behind VPT/NOAH-style numbers.
+DEFAULT_BACKBONE = "vit_base_patch16_224.augreg_in21k"
+
+
+def create_backbone(
+    name: str = DEFAULT_BACKBONE, num_classes: int = 1000, pretrained: bool = False, **overrides: Any
+) -> nn.Module:
+    """A timm model `name` (`architecture[.tag]`) with a fresh `num_classes`-way head.
+
+    Args:
+        name: timm model name, optionally with a pretrained tag.
+        num_classes: size of the classification head.
+        pretrained: load the tag's weights (from the local HF cache or the hub).
+        overrides: architecture arguments passed to timm (e.g. `img_size`, `depth` for tiny test models).
+    """
+    if name.split(".")[0] not in timm.list_models():
+        raise ValueError(f"unknown timm model {name!r}")
+    return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **overrides)
+
+
+def backbone_tag(model: nn.Module) -> str:
+    """`architecture.tag` of a timm model, as recorded in results and adapter files."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    arch, tag = cfg.get("architecture", type(model).__name__), cfg.get("tag")
+    return f"{arch}.{tag}" if tag else arch
+
+
+def data_config(model: nn.Module) -> dict[str, Any]:
+    """Input size, interpolation, mean and std stored with the model's pretrained weights."""
+    return resolve_model_data_config(model)

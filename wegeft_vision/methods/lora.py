@@ -1,0 +1,68 @@
+"""LoRA: W_hat = W + (alpha / r) * B @ A (Hu et al., 2022); A (r, d_in) Kaiming-uniform, B (d_out, r) zeros."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import AdapterLinear, TargetedConfig, find_linear_targets, replace_module
+
+
+@dataclasses.dataclass
+class LoRAConfig(TargetedConfig):
+    """LoRA on the linear layers named by `targets` (the paper's vision baseline: r = 8 on `attn.proj`).
+
+    Args:
+        rank: r, the inner dimension of A and B.
+        alpha: scale numerator; None means `rank` (scale 1).
+        dropout: dropout on the input of the low-rank branch.
+    """
+
+    method: ClassVar[str] = "lora"
+
+    rank: int = 8
+    alpha: float | None = None
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"lora: rank must be a positive integer, got {self.rank!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora: dropout must be in [0, 1), got {self.dropout!r}")
+
+    @property
+    def scale(self) -> float:
+        return (self.rank if self.alpha is None else self.alpha) / self.rank
+
+    def apply(self, model: nn.Module) -> None:
+        for name, linear in find_linear_targets(model, self.targets, self.layers):
+            replace_module(model, name, LoRALinear(linear, self))
+
+
+class LoRALinear(AdapterLinear):
+    """y = x W^T + b + s * B A dropout(x)."""
+
+    def __init__(self, base: nn.Linear, config: LoRAConfig) -> None:
+        super().__init__(base)
+        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
+        self.lora_A = nn.Parameter(torch.empty(config.rank, base.in_features, **factory))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, config.rank, **factory))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.dropout = nn.Dropout(config.dropout)
+        self.scale = config.scale
+
+    def delta_weight(self) -> torch.Tensor:
+        return self.scale * (self.lora_B @ self.lora_A)
+
+    def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
+        update = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)
+        return torch.add(self.base(x), update, alpha=self.scale)
+
+    def extra_repr(self) -> str:
+        return f"rank={self.lora_A.shape[0]}, scale={self.scale:g}, merged={self.merged}"

@@ -1,0 +1,79 @@
+"""VPT-deep: learnable prompt tokens inserted after the prefix tokens before each block, dropped after it (Jia et al.,
+2022).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from .base import MethodConfig, replace_module
+
+
+@dataclasses.dataclass
+class VPTConfig(MethodConfig):
+    """Deep visual prompt tuning on a timm ViT (`model.blocks`).
+
+    Args:
+        num_prompts: prompt tokens per block (the paper's vision baseline: 5).
+        dropout: dropout on the prompts.
+        layers: blocks that get prompts; None means every block (VPT-deep).
+    """
+
+    method: ClassVar[str] = "vpt"
+    mergeable: ClassVar[bool] = False
+
+    num_prompts: int = 5
+    dropout: float = 0.0
+    layers: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.num_prompts, int) or self.num_prompts < 1:
+            raise ValueError(f"vpt: num_prompts must be a positive integer, got {self.num_prompts!r}")
+        if self.layers is not None:
+            self.layers = tuple(int(i) for i in self.layers)
+
+    def apply(self, model: nn.Module) -> None:
+        blocks = getattr(model, "blocks", None)
+        if not isinstance(blocks, nn.Sequential):
+            raise TypeError(f"vpt: expected a timm ViT with a `blocks` Sequential, got {type(model).__name__}")
+        layers = range(len(blocks)) if self.layers is None else self.layers
+        bad = [i for i in layers if not 0 <= i < len(blocks)]
+        if bad:
+            raise ValueError(f"vpt: layers {bad} are not blocks of this model (it has blocks 0..{len(blocks) - 1})")
+        dim = model.embed_dim
+        patch = model.patch_embed.patch_size
+        # VPT's uniform init: Xavier over the patch embedding's fan-in (3 * p * p) and the token width.
+        bound = math.sqrt(6.0 / float(3 * patch[0] * patch[1] + dim))
+        for i in layers:
+            prompted = PromptedBlock(blocks[i], self.num_prompts, dim, model.num_prefix_tokens, self.dropout)
+            nn.init.uniform_(prompted.prompts, -bound, bound)
+            replace_module(model, f"blocks.{i}", prompted)
+
+
+class PromptedBlock(nn.Module):
+    """Runs `block` on [prefix tokens, prompts, patch tokens] and returns [prefix tokens, patch tokens]."""
+
+    def __init__(self, block: nn.Module, num_prompts: int, dim: int, num_prefix_tokens: int, dropout: float) -> None:
+        super().__init__()
+        self.block = block
+        ref = next(block.parameters())
+        self.prompts = nn.Parameter(torch.zeros(num_prompts, dim, device=ref.device, dtype=ref.dtype))
+        self.dropout = nn.Dropout(dropout)
+        self.num_prefix_tokens = num_prefix_tokens
+
+    @property
+    def num_prompts(self) -> int:
+        return self.prompts.shape[0]
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        if attn_mask is not None:
+            raise ValueError("vpt: attention masks are not supported with prompt tokens")
+        n = self.num_prefix_tokens
+        prompts = self.dropout(self.prompts).expand(x.shape[0], -1, -1)  # (B, P, D)
+        x = self.block(torch.cat([x[:, :n], prompts, x[:, n:]], dim=1), **kwargs)
+        return torch.cat([x[:, :n], x[:, n + self.num_prompts :]], dim=1)

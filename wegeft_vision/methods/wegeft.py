@@ -1,0 +1,174 @@
+"""WeGeFT: W_hat = W + (alpha / r) * f_psi(g(f_phi(W))) (Savadikar, Song & Wu, ICML 2025).
+
+d_in form:  W_hat = W + (alpha / r) * W @ phi @ psi,      phi (d_in, r),  psi (r, d_in)
+d_out form: W_hat = W + (alpha / r) * (phi @ psi).T @ W,  phi (d_out, r), psi (r, d_out)
+
+One (phi, psi) pair serves every targeted layer of the same shape (WeGeFT) or each layer owns one (WeGeFT-Sep).
+g is the identity by default. Three compute paths give the same output:
+- "activation" (identity g, no active dropout): d_in  x_hat = x + s (x psi^T) phi^T, y = x_hat W^T + b;
+                                               d_out z = x W^T, y = z + s (z phi) psi + b.
+  Only (tokens x r) work per layer, no d x d matrix: LoRA's cost.
+- "factored" (any g, dropout on W as in Eq. 13): Z = g(D(W) phi) (d_out, r), y = x W^T + b + s (x psi^T) Z^T
+  (d_out form: Z = g(phi^T D(W)) (r, d_in), y = x W^T + b + s (x Z^T) psi).
+- "weight": rebuild W_hat every step and apply it; the naive reference, and what `merge` folds in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import AdapterLinear, TargetedConfig, find_linear_targets, replace_module
+
+Variant = Literal["d_in", "d_out"]
+Compute = Literal["auto", "activation", "factored", "weight"]
+
+# g_theta acting on the (d_out, r) or (r, d_in) compressed weight; non-linear ones are ablations.
+GENERATORS: dict[str, type[nn.Module]] = {"identity": nn.Identity}
+
+
+@dataclasses.dataclass
+class WeGeFTConfig(TargetedConfig):
+    """WeGeFT on the linear layers named by `targets` (default: every MHSA output projection).
+
+    Args:
+        rank: r, the inner dimension of phi and psi.
+        alpha: scale numerator; None means `rank`, i.e. a scale of 1 as in the authors' vision code.
+        variant: "d_in" (phi, psi act on the input side of W) or "d_out" (output side).
+        shared: one (phi, psi) per weight shape across layers; False gives WeGeFT-Sep (one pair per layer).
+        dropout: dropout on W before f_phi (Eq. 13); needs the factored path while training.
+        init: "psi_zero" (authors' code: psi zeros, phi Kaiming-uniform) or "phi_zero" (paper appendix D.6).
+        generator: name of g_theta in `GENERATORS`.
+        compute: "auto" picks "activation" when it is exact, else "factored"; see the module docstring.
+    """
+
+    method: ClassVar[str] = "wegeft"
+
+    rank: int = 16
+    alpha: float | None = None
+    variant: Variant = "d_in"
+    shared: bool = True
+    dropout: float = 0.0
+    init: Literal["psi_zero", "phi_zero"] = "psi_zero"
+    generator: str = "identity"
+    compute: Compute = "auto"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"wegeft: rank must be a positive integer, got {self.rank!r}")
+        if self.variant not in ("d_in", "d_out"):
+            raise ValueError(f"wegeft: variant must be 'd_in' or 'd_out', got {self.variant!r}")
+        if self.init not in ("psi_zero", "phi_zero"):
+            raise ValueError(f"wegeft: init must be 'psi_zero' or 'phi_zero', got {self.init!r}")
+        if self.generator not in GENERATORS:
+            raise ValueError(f"wegeft: unknown generator {self.generator!r}; known: {sorted(GENERATORS)}")
+        if self.compute not in ("auto", "activation", "factored", "weight"):
+            raise ValueError(f"wegeft: compute must be auto|activation|factored|weight, got {self.compute!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"wegeft: dropout must be in [0, 1), got {self.dropout!r}")
+        if self.compute == "activation" and (self.generator != "identity" or self.dropout > 0):
+            raise ValueError("wegeft: compute='activation' is exact only with the identity generator and dropout 0")
+
+    @property
+    def scale(self) -> float:
+        return (self.rank if self.alpha is None else self.alpha) / self.rank
+
+    def apply(self, model: nn.Module) -> None:
+        shared: dict[tuple[int, int], WeGeFTGenerator] = {}
+        for name, linear in find_linear_targets(model, self.targets, self.layers):
+            shape = tuple(linear.weight.shape)
+            generator = shared.get(shape) if self.shared else None
+            if generator is None:
+                dim = linear.in_features if self.variant == "d_in" else linear.out_features
+                generator = WeGeFTGenerator(dim, self, device=linear.weight.device, dtype=linear.weight.dtype)
+                shared[shape] = generator
+            replace_module(model, name, WeGeFTLinear(linear, generator, self.compute))
+
+
+class WeGeFTGenerator(nn.Module):
+    """The trainable part, phi (dim, r) and psi (r, dim), and the map from W to ΔW."""
+
+    def __init__(self, dim: int, config: WeGeFTConfig, device=None, dtype=None) -> None:
+        super().__init__()
+        self.variant = config.variant
+        self.scale = config.scale
+        self.phi = nn.Parameter(torch.zeros(dim, config.rank, device=device, dtype=dtype))
+        self.psi = nn.Parameter(torch.zeros(config.rank, dim, device=device, dtype=dtype))
+        self.g = GENERATORS[config.generator]()
+        self.weight_dropout = nn.Dropout(config.dropout)
+        # The transposes are nn.Linear(dim, r).weight and nn.Linear(r, dim).weight: use their default init.
+        if config.init == "psi_zero":
+            nn.init.kaiming_uniform_(self.phi.data.T, a=math.sqrt(5))
+        else:
+            nn.init.kaiming_uniform_(self.psi.data.T, a=math.sqrt(5))
+
+    @property
+    def exact_in_activation_space(self) -> bool:
+        dropout_active = self.training and self.weight_dropout.p > 0
+        return isinstance(self.g, nn.Identity) and not dropout_active
+
+    def compressed_weight(self, weight: torch.Tensor, dropout: bool = True) -> torch.Tensor:
+        """g(f_phi(W)): (d_out, r) for d_in, (r, d_in) for d_out."""
+        if dropout:
+            weight = self.weight_dropout(weight)
+        compressed = weight @ self.phi if self.variant == "d_in" else self.phi.T @ weight
+        return self.g(compressed)
+
+    def delta_weight(self, weight: torch.Tensor, dropout: bool = True) -> torch.Tensor:
+        """ΔW = f_psi(g(f_phi(W))), shape of W."""
+        compressed = self.compressed_weight(weight, dropout)
+        delta = compressed @ self.psi if self.variant == "d_in" else self.psi.T @ compressed
+        return self.scale * delta
+
+    def extra_repr(self) -> str:
+        return f"variant={self.variant}, dim={self.phi.shape[0]}, rank={self.phi.shape[1]}, scale={self.scale:g}"
+
+
+class WeGeFTLinear(AdapterLinear):
+    """A frozen linear layer whose weight is generated as W + ΔW(W) by a (possibly shared) `WeGeFTGenerator`."""
+
+    def __init__(self, base: nn.Linear, generator: WeGeFTGenerator, compute: Compute = "auto") -> None:
+        super().__init__(base)
+        self.generator = generator
+        self.compute = compute
+
+    def delta_weight(self) -> torch.Tensor:
+        return self.generator.delta_weight(self.weight, dropout=False)
+
+    def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
+        path = self.compute
+        if path == "auto":
+            path = "activation" if self.generator.exact_in_activation_space else "factored"
+        if path == "activation":
+            return self._activation_forward(x)
+        if path == "factored":
+            return self._factored_forward(x)
+        weight = self.base.weight + self.generator.delta_weight(self.base.weight)
+        return F.linear(x, weight, self.base.bias)
+
+    def _activation_forward(self, x: torch.Tensor) -> torch.Tensor:
+        gen, scale = self.generator, self.generator.scale
+        if gen.variant == "d_in":
+            x_hat = torch.add(x, F.linear(F.linear(x, gen.psi), gen.phi), alpha=scale)  # (..., d_in)
+            return F.linear(x_hat, self.base.weight, self.base.bias)
+        z = F.linear(x, self.base.weight)  # (..., d_out)
+        y = torch.add(z, F.linear(F.linear(z, gen.phi.T), gen.psi.T), alpha=scale)
+        return y if self.base.bias is None else y + self.base.bias
+
+    def _factored_forward(self, x: torch.Tensor) -> torch.Tensor:
+        gen = self.generator
+        compressed = gen.compressed_weight(self.base.weight)
+        if gen.variant == "d_in":
+            update = F.linear(F.linear(x, gen.psi), compressed)  # (..., r) -> (..., d_out)
+        else:
+            update = F.linear(F.linear(x, compressed), gen.psi.T)  # (..., r) -> (..., d_out)
+        return torch.add(self.base(x), update, alpha=gen.scale)
+
+    def extra_repr(self) -> str:
+        return f"compute={self.compute}, merged={self.merged}"
