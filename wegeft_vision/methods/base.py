@@ -40,7 +40,8 @@ class TargetedConfig(MethodConfig):
     """A method that wraps linear layers chosen by name.
 
     Args:
-        targets: module-name patterns; a pattern matches a name it equals, ends with (after a dot), or globs.
+        targets: module-name patterns; a pattern matches a name it equals or ends with (after a dot), or a glob
+            (`blocks.*.attn.*`) that selects the linear layers it matches.
         layers: block indices (`blocks.<i>.`) to keep among the matches; None keeps every block.
     """
 
@@ -118,7 +119,7 @@ def find_linear_targets(
 
     Raises:
         ValueError: a pattern matches nothing, or a layer index is not a block of the model.
-        TypeError: a pattern matches a module that is not an `nn.Linear`.
+        TypeError: a plain (non-glob) pattern matches a module that is not an `nn.Linear`.
     """
     modules = dict(model.named_modules())
     if layers is not None:
@@ -131,6 +132,8 @@ def find_linear_targets(
         hits = [
             n for n in modules if n and _matches(n, pattern) and (layers is None or block_index(n) in set(layers))
         ]
+        if any(c in pattern for c in "*?["):  # a glob selects broadly: keep the linear layers it reaches
+            hits = [n for n in hits if isinstance(modules[n], nn.Linear)]
         if not hits:
             examples = sorted({n.split(".", 2)[-1] for n, m in modules.items() if isinstance(m, nn.Linear)})
             raise ValueError(f"target {pattern!r} matches no module of the model; its linear layers include {examples}")

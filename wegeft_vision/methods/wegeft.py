@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import AdapterLinear, TargetedConfig, find_linear_targets, replace_module
+from .input_side import input_side_linear
 
 Variant = Literal["d_in", "d_out"]
 Compute = Literal["auto", "activation", "factored", "weight"]
@@ -155,8 +156,7 @@ class WeGeFTLinear(AdapterLinear):
     def _activation_forward(self, x: torch.Tensor) -> torch.Tensor:
         gen, scale = self.generator, self.generator.scale
         if gen.variant == "d_in":
-            x_hat = torch.add(x, F.linear(F.linear(x, gen.psi), gen.phi), alpha=scale)  # (..., d_in)
-            return F.linear(x_hat, self.base.weight, self.base.bias)
+            return input_side_linear(x, gen.phi, gen.psi, self.base.weight, self.base.bias, scale)
         z = F.linear(x, self.base.weight)  # (..., d_out)
         y = torch.add(z, F.linear(F.linear(z, gen.phi.T), gen.psi.T), alpha=scale)
         return y if self.base.bias is None else y + self.base.bias

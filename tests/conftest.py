@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny random-weight timm ViTs (no downloads) and inputs for them."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, mlp_ratio=2.0)
+
+
+def make_tiny_vit(num_classes: int = 5, seed: int = 0, **overrides) -> nn.Module:
+    """A 3-block ViT on 32x32 inputs with random weights, deterministic for a given seed."""
+    torch.manual_seed(seed)
+    return timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=num_classes, **{**TINY_VIT, **overrides})
+
+
+@pytest.fixture
+def tiny_vit() -> nn.Module:
+    return make_tiny_vit().eval()
+
+
+@pytest.fixture
+def tiny_vit64() -> nn.Module:
+    return make_tiny_vit().double().eval()
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def randomize_trainable(model: nn.Module, seed: int = 2, std: float = 0.3) -> None:
+    """Non-zero values for every trainable tensor: an identity init would hide merge and formula bugs."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype) * std)
+
+
+def clone(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model)

@@ -1,0 +1,27 @@
+"""`wegeft-vision params` reproduces the trainable-parameter figures of the paper's Table 6 (ViT-B/16)."""
+
+from __future__ import annotations
+
+import json
+
+from wegeft_vision.cli import main
+
+
+def test_params_reproduces_table_6(tmp_path, capsys):
+    out_json = tmp_path / "params.json"
+    assert main(["params", "--model", "vit_base_patch16_224", "--json", str(out_json)]) == 0
+    lines = {line.split("  ")[0].strip(): line for line in capsys.readouterr().out.splitlines()}
+    for method, count, millions in [
+        ("WeGeFT", "24,576", "0.025M"),
+        ("LoRA", "147,456", "0.147M"),
+        ("VPT-deep", "46,080", "0.046M"),
+        ("BitFit", "82,944", "0.083M"),
+    ]:
+        assert count in lines[method] and millions in lines[method], lines[method]
+    rows = {row["method"]: row for row in json.loads(out_json.read_text())["rows"]}
+    assert rows["WeGeFT"]["trainable"] == 24_576 and rows["Full fine-tuning"]["trainable"] == 85_798_656
+
+
+def test_unknown_model_exits_non_zero_with_message(capsys):
+    assert main(["params", "--model", "vit_nonexistent"]) == 2
+    assert "unknown timm model 'vit_nonexistent'" in capsys.readouterr().err
