@@ -80,8 +80,9 @@ class Variant:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=1e-4)
         self.params = count_trainable(self.model)
-        self.autocast = torch.autocast(torch.device(args.device).type, dtype=getattr(torch, args.dtype),
-                                       enabled=args.dtype != "float32")
+        self.autocast = torch.autocast(
+            torch.device(args.device).type, dtype=getattr(torch, args.dtype), enabled=args.dtype != "float32"
+        )
         self.times: list[float] = []
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
@@ -185,34 +186,52 @@ def main() -> None:
             max_diff = (adapted(images) - unmerged_logits).abs().max().item()
         t_plain = time_inference(plain, images, args.rounds, args.steps)
         t_merged = time_inference(adapted, images, args.rounds, args.steps)
-        inference = {"plain_ms": 1e3 * t_plain, "merged_wegeft_ms": 1e3 * t_merged,
-                     "merged_x_plain": t_merged / t_plain, "merged_vs_unmerged_max_abs_diff": max_diff}
+        inference = {
+            "plain_ms": 1e3 * t_plain,
+            "merged_wegeft_ms": 1e3 * t_merged,
+            "merged_x_plain": t_merged / t_plain,
+            "merged_vs_unmerged_max_abs_diff": max_diff,
+        }
 
-    header = f"{'variant':<20} {'params':>11} {'step ms':>9} {'x LoRA':>7} {'x frozen':>8} {'saved MiB':>10} {'x LoRA':>7}"
+    header = (
+        f"{'variant':<20} {'params':>11} {'step ms':>9} {'x LoRA':>7} {'x frozen':>8} {'saved MiB':>10} {'x LoRA':>7}"
+    )
     header += f" {'CUDA peak MiB':>13}"
-    print(f"{args.model} @ {args.img_size}px, batch {args.batch}, {args.device}, {args.dtype}, "
-          f"{args.rounds}x{args.steps} steps, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"{args.model} @ {args.img_size}px, batch {args.batch}, {args.device}, {args.dtype}, "
+        f"{args.rounds}x{args.steps} steps, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     print(header)
 
     def fmt(value, spec):
         return "-" if value is None else format(value, spec)
 
     for r in rows:
-        print(f"{r['variant']:<20} {r['trainable_params']:>11,} {r['step_ms']:>9.1f} {fmt(r['x_lora'], '>7.3f')} "
-              f"{fmt(r['x_frozen'], '>8.3f')} {r['saved_activations_mib']:>10.1f} {fmt(r['saved_x_lora'], '>7.3f')} "
-              f"{fmt(r['cuda_peak_mib'], '>13.1f')}")
+        print(
+            f"{r['variant']:<20} {r['trainable_params']:>11,} {r['step_ms']:>9.1f} {fmt(r['x_lora'], '>7.3f')} "
+            f"{fmt(r['x_frozen'], '>8.3f')} {r['saved_activations_mib']:>10.1f} {fmt(r['saved_x_lora'], '>7.3f')} "
+            f"{fmt(r['cuda_peak_mib'], '>13.1f')}"
+        )
     if inference:
-        print(f"inference: plain {inference['plain_ms']:.1f} ms, merged WeGeFT {inference['merged_wegeft_ms']:.1f} ms "
-              f"({inference['merged_x_plain']:.3f}x), merged vs unmerged logits max |diff| "
-              f"{inference['merged_vs_unmerged_max_abs_diff']:.2e}")
+        print(
+            f"inference: plain {inference['plain_ms']:.1f} ms, merged WeGeFT {inference['merged_wegeft_ms']:.1f} ms "
+            f"({inference['merged_x_plain']:.3f}x), merged vs unmerged logits max |diff| "
+            f"{inference['merged_vs_unmerged_max_abs_diff']:.2e}"
+        )
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    env = {"torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version(),
-           "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
-           else platform.processor(), "threads": torch.get_num_threads()}
+    env = {
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "threads": torch.get_num_threads(),
+    }
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    args.out.write_text(json.dumps({"settings": settings, "env": env, "rows": rows, "inference": inference},
-                                   indent=2) + "\n")
+    args.out.write_text(
+        json.dumps({"settings": settings, "env": env, "rows": rows, "inference": inference}, indent=2) + "\n"
+    )
     print(f"wrote {args.out}")
 
 

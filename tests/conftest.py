@@ -15,7 +15,9 @@ TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, m
 def make_tiny_vit(num_classes: int = 5, seed: int = 0, **overrides) -> nn.Module:
     """A 3-block ViT on 32x32 inputs with random weights, deterministic for a given seed."""
     torch.manual_seed(seed)
-    return timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=num_classes, **{**TINY_VIT, **overrides})
+    return timm.create_model(
+        "vit_base_patch16_224", pretrained=False, num_classes=num_classes, **{**TINY_VIT, **overrides}
+    )
 
 
 @pytest.fixture

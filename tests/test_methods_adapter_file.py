@@ -51,10 +51,19 @@ def test_file_holds_only_trainable_tensors_and_sidecar_describes_them(tmp_path, 
     model = inject(clone(tiny_vit), WeGeFTConfig(rank=4))
     path = save_adapter(model, tmp_path / "a.safetensors")
     tensors = load_file(path)
-    assert set(tensors) == {"blocks.0.attn.proj.generator.phi", "blocks.0.attn.proj.generator.psi", "head.weight", "head.bias"}
+    assert set(tensors) == {
+        "blocks.0.attn.proj.generator.phi",
+        "blocks.0.attn.proj.generator.psi",
+        "head.weight",
+        "head.bias",
+    }
     meta = json.loads((tmp_path / "a.json").read_text())
     assert meta["config"] == {**WeGeFTConfig(rank=4).to_dict(), "targets": ["attn.proj"]}
-    assert meta["backbone"] == {"architecture": "vit_base_patch16_224", "tag": "augreg2_in21k_ft_in1k", "num_classes": 5}
+    assert meta["backbone"] == {
+        "architecture": "vit_base_patch16_224",
+        "tag": "augreg2_in21k_ft_in1k",
+        "num_classes": 5,
+    }
     assert meta["tensors"] == sorted(tensors)
     assert read_adapter_meta(path)["format"] == "wegeft-vision-adapter"
 

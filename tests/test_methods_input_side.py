@@ -35,7 +35,7 @@ def test_matches_plain_autograd_with_frozen_weight():
     ref = plain(x, phi, psi, w, b, 1.5)
     ref_grads = torch.autograd.grad(ref.square().sum(), (x, phi, psi))
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
-    for g, r in zip(grads, ref_grads):
+    for g, r in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
 
 

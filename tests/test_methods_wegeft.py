@@ -93,7 +93,12 @@ def test_only_method_parameters_and_head_get_gradients(tiny_vit, images):
     model.train()
     model(images).logsumexp(-1).sum().backward()
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
-    assert with_grad == {"blocks.0.attn.proj.generator.phi", "blocks.0.attn.proj.generator.psi", "head.weight", "head.bias"}
+    assert with_grad == {
+        "blocks.0.attn.proj.generator.phi",
+        "blocks.0.attn.proj.generator.psi",
+        "head.weight",
+        "head.bias",
+    }
     assert all(not p.requires_grad for n, p in model.named_parameters() if n not in with_grad)
 
 

@@ -64,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"Trainable parameters on {args.model} (head excluded, random weights)")
     print(f"{'method':<18} {'params':>12} {'(M)':>9} {'% backbone':>11}")
     for row in rows:
-        print(f"{row['method']:<18} {row['trainable']:>12,} {row['millions']:>8.3f}M {row['percent_of_backbone']:>10.3f}%")
+        print(
+            f"{row['method']:<18} {row['trainable']:>12,} {row['millions']:>8.3f}M {row['percent_of_backbone']:>10.3f}%"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"model": args.model, "rows": rows}, indent=2) + "\n")

@@ -120,6 +120,8 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
         for name, tensor in tensors.items():
             param = params[name]
             if param.shape != tensor.shape:
-                raise ValueError(f"adapter {path}: {name} has shape {tuple(tensor.shape)}, model has {tuple(param.shape)}")
+                raise ValueError(
+                    f"adapter {path}: {name} has shape {tuple(tensor.shape)}, model has {tuple(param.shape)}"
+                )
             param.copy_(tensor)
     return model

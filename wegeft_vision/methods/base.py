@@ -126,12 +126,12 @@ def find_linear_targets(
         present = {i for i in (block_index(n) for n in modules) if i is not None}
         missing = sorted(set(layers) - present)
         if missing:
-            raise ValueError(f"layers {missing} are not blocks of this model (it has blocks 0..{max(present, default=-1)})")
+            raise ValueError(
+                f"layers {missing} are not blocks of this model (it has blocks 0..{max(present, default=-1)})"
+            )
     found: dict[str, nn.Linear] = {}
     for pattern in targets:
-        hits = [
-            n for n in modules if n and _matches(n, pattern) and (layers is None or block_index(n) in set(layers))
-        ]
+        hits = [n for n in modules if n and _matches(n, pattern) and (layers is None or block_index(n) in set(layers))]
         if any(c in pattern for c in "*?["):  # a glob selects broadly: keep the linear layers it reaches
             hits = [n for n in hits if isinstance(modules[n], nn.Linear)]
         if not hits:

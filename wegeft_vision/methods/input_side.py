@@ -53,7 +53,7 @@ class _InputSideLinear(torch.autograd.Function):
             if need_b and ctx.has_bias:
                 grad_b = _flat(grad_y).sum(0)
         grads = [grad_x, grad_phi, grad_psi, grad_w, grad_b]
-        cast = [g if g is None or dt is None else g.to(dt) for g, dt in zip(grads, ctx.input_dtypes)]
+        cast = [g if g is None or dt is None else g.to(dt) for g, dt in zip(grads, ctx.input_dtypes, strict=True)]
         return (*cast, None)
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from .base import MethodConfig
 from .bitfit import BitFitConfig
@@ -30,3 +33,22 @@ def config_from_dict(data: dict[str, Any]) -> MethodConfig:
     if unknown:
         raise ValueError(f"{name}: unknown option(s) {unknown}; known: {sorted(fields)}")
     return cls(**data)
+
+
+def config_from_yaml(path: str | Path) -> MethodConfig:
+    """Read a method preset (`class_path` + `init_args`, the LightningCLI form) such as `configs/method/*.yaml`."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"method config {path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict) or "class_path" not in data:
+        raise ValueError(f"method config {path} needs a `class_path` (and optional `init_args`)")
+    by_class = {cls.__name__: cls for cls in METHODS.values()}
+    class_name = str(data["class_path"]).rsplit(".", 1)[-1]
+    if class_name not in by_class:
+        raise ValueError(f"method config {path}: unknown class_path {data['class_path']!r}; known: {sorted(by_class)}")
+    try:
+        return config_from_dict({"method": by_class[class_name].method, **(data.get("init_args") or {})})
+    except ValueError as err:
+        raise ValueError(f"method config {path}: {err}") from err
