@@ -2,7 +2,7 @@
 
 This is WeGeFT's d_in form applied to activations. Left to autograd it would also keep u = x psi^T, which makes it
 save more than LoRA at r = 16 vs 8; here u is recomputed in backward (tokens x d x r work, negligible next to W).
-Under autocast the inputs are cast to the autocast dtype once, and backward runs in that dtype with no autocast.
+Under autocast the inputs are cast to the autocast dtype once and saved so; backward runs in that dtype.
 """
 
 from __future__ import annotations
@@ -18,17 +18,17 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
 class _InputSideLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, phi, psi, weight, bias, scale):  # noqa: D102 (autograd protocol)
+        ctx.input_dtypes = None
         device = x.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-        ctx.input_dtypes = [t.dtype if t is not None else None for t in (x, phi, psi, weight, bias)]
-        x, phi, psi, weight = (t.to(dtype) for t in (x, phi, psi, weight))
-        bias = None if bias is None else bias.to(dtype)
-        with torch.autocast(device, enabled=False):
-            x_hat = torch.add(x, F.linear(F.linear(x, psi), phi), alpha=scale)  # (..., d_in)
-            y = F.linear(x_hat, weight, bias)  # (..., d_out)
+        if torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+            ctx.input_dtypes = (x.dtype, phi.dtype, psi.dtype, weight.dtype, None if bias is None else bias.dtype)
+            x, phi, psi, weight = x.to(dtype), phi.to(dtype), psi.to(dtype), weight.to(dtype)
+            bias = None if bias is None else bias.to(dtype)
+        x_hat = torch.add(x, F.linear(F.linear(x, psi), phi), alpha=scale)  # (..., d_in)
         ctx.save_for_backward(x, phi, psi, weight)
         ctx.scale, ctx.has_bias = scale, bias is not None
-        return y
+        return F.linear(x_hat, weight, bias)  # (..., d_out)
 
     @staticmethod
     def backward(ctx, grad_y):  # noqa: D102
@@ -36,25 +36,27 @@ class _InputSideLinear(torch.autograd.Function):
         need_x, need_phi, need_psi, need_w, need_b, _ = ctx.needs_input_grad
         s = ctx.scale
         grad_x = grad_phi = grad_psi = grad_w = grad_b = None
-        with torch.autocast(grad_y.device.type, enabled=False):
-            grad_y = grad_y.to(weight.dtype)
-            grad_x_hat = grad_y @ weight  # (..., d_in)
-            grad_u = s * (grad_x_hat @ phi)  # (..., r)
-            if need_phi or need_w:
-                u = F.linear(x, psi)  # (..., r), recomputed instead of saved
-            if need_phi:
-                grad_phi = s * (_flat(grad_x_hat).T @ _flat(u))  # (d_in, r)
-            if need_psi:
-                grad_psi = _flat(grad_u).T @ _flat(x)  # (r, d_in)
-            if need_x:
-                grad_x = grad_x_hat + grad_u @ psi
-            if need_w:
-                grad_w = _flat(grad_y).T @ _flat(torch.add(x, F.linear(u, phi), alpha=s))
-            if need_b and ctx.has_bias:
-                grad_b = _flat(grad_y).sum(0)
-        grads = [grad_x, grad_phi, grad_psi, grad_w, grad_b]
-        cast = [g if g is None or dt is None else g.to(dt) for g, dt in zip(grads, ctx.input_dtypes, strict=True)]
-        return (*cast, None)
+        grad_y = grad_y.to(weight.dtype)
+        grad_x_hat = grad_y @ weight  # (..., d_in)
+        grad_u = grad_x_hat @ phi if s == 1 else (grad_x_hat @ phi).mul_(s)  # (..., r)
+        if need_phi or need_w:
+            u = F.linear(x, psi)  # (..., r), recomputed instead of saved
+        if need_phi:
+            grad_phi = _flat(grad_x_hat).T @ _flat(u)  # (d_in, r)
+            if s != 1:
+                grad_phi.mul_(s)
+        if need_psi:
+            grad_psi = _flat(grad_u).T @ _flat(x)  # (r, d_in)
+        if need_x:
+            grad_x = torch.addmm(_flat(grad_x_hat), _flat(grad_u), psi).view_as(grad_x_hat)
+        if need_w:
+            grad_w = _flat(grad_y).T @ _flat(torch.add(x, F.linear(u, phi), alpha=s))
+        if need_b and ctx.has_bias:
+            grad_b = _flat(grad_y).sum(0)
+        grads = (grad_x, grad_phi, grad_psi, grad_w, grad_b)
+        if ctx.input_dtypes is not None:
+            grads = tuple(g if g is None else g.to(dt) for g, dt in zip(grads, ctx.input_dtypes, strict=True))
+        return (*grads, None)
 
 
 def input_side_linear(
