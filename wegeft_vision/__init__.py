@@ -17,6 +17,7 @@ from .methods import (
     save_adapter,
     unmerge,
 )
+from .viz import cluster_heatmaps
 
 __version__ = "0.1.0"
 
@@ -30,6 +31,7 @@ __all__ = [
     "VPTConfig",
     "WeGeFTConfig",
     "backbone_tag",
+    "cluster_heatmaps",
     "config_from_dict",
     "count_trainable",
     "create_backbone",
