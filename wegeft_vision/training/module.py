@@ -1,0 +1,143 @@
+"""The LightningModule that trains any method on a timm classifier: AdamW, warmup + cosine, top-1, adapter checkpoints.
+
+Its typed `__init__` is the config schema. Checkpoints keep only the trainable tensors (method parameters and head)
+plus the optimizer and scheduler state; the frozen backbone is rebuilt from its name, tag and weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from timm.scheduler import CosineLRScheduler
+from torchmetrics.classification import MulticlassAccuracy
+
+from ..backbones import DEFAULT_BACKBONE, backbone_tag, create_backbone, data_config
+from ..methods import MethodConfig, WeGeFTConfig, config_from_dict, inject, save_adapter, trainable_parameters
+
+
+class ClassificationModule(L.LightningModule):
+    """Fine-tune `backbone` with `method` for `num_classes`-way classification.
+
+    Args:
+        num_classes: classes of the task (the head is created fresh).
+        method: a method config, or its dict form `{"method": name, **options}`.
+        backbone: timm `architecture[.tag]`.
+        pretrained: load the tag's weights (HF cache or hub); ignored when `weights` is given.
+        weights: local weights file for the backbone.
+        backbone_overrides: timm architecture arguments (tiny test models: `img_size`, `depth`, ...).
+        lr: peak learning rate.
+        weight_decay: AdamW weight decay.
+        epochs: length of the cosine schedule (a search run stops earlier on the same schedule).
+        warmup_epochs: linear warmup from `warmup_lr` to `lr`.
+        warmup_lr: learning rate at the first epoch.
+        min_lr: learning rate at the end of the cosine.
+        label_smoothing: cross-entropy label smoothing.
+        drop_path: stochastic depth rate of the backbone.
+        compile: wrap the network in `torch.compile`.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        method: MethodConfig | dict[str, Any] | None = None,
+        backbone: str = DEFAULT_BACKBONE,
+        pretrained: bool = True,
+        weights: str | None = None,
+        backbone_overrides: dict[str, Any] | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        epochs: int = 100,
+        warmup_epochs: int = 10,
+        warmup_lr: float = 1e-7,
+        min_lr: float = 1e-6,
+        label_smoothing: float = 0.0,
+        drop_path: float = 0.1,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        method = WeGeFTConfig() if method is None else method
+        self.method = config_from_dict(method) if isinstance(method, dict) else method
+        self.save_hyperparameters({"method": self.method.to_dict()}, logger=False)
+        self.save_hyperparameters(ignore=["method"], logger=False)
+        if epochs < 1 or not 0 <= warmup_epochs < epochs:
+            raise ValueError(f"need epochs >= 1 and 0 <= warmup_epochs < epochs, got {epochs} and {warmup_epochs}")
+        network = create_backbone(
+            backbone,
+            num_classes=num_classes,
+            pretrained=pretrained and weights is None,
+            weights=weights,
+            drop_path_rate=drop_path,
+            **(backbone_overrides or {}),
+        )
+        self.network = inject(network, self.method)
+        self.forward_network = torch.compile(self.network) if compile else self.network
+        self.strict_loading = False  # checkpoints hold only the trainable tensors
+        self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+
+    @property
+    def backbone_tag(self) -> str:
+        return backbone_tag(self.network)
+
+    @property
+    def data_config(self) -> dict[str, Any]:
+        return data_config(self.network)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_network(images)
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metric: MulticlassAccuracy) -> torch.Tensor:
+        images, labels = batch
+        logits = self(images)
+        smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
+        loss = F.cross_entropy(logits, labels, label_smoothing=smoothing)
+        metric(logits, labels)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(labels))
+        self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, batch_size=len(labels))
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
+        return self._step(batch, "train", self.train_acc)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val", self.val_acc)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test", self.test_acc)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = trainable_parameters(self.network)
+        print(f"training {sum(p.numel() for p in params.values()):,} parameters in {len(params)} tensors")
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(
+            params.values(), lr=hp.lr, weight_decay=hp.weight_decay, betas=(0.9, 0.999), eps=1e-8
+        )
+        scheduler = CosineLRScheduler(
+            optimizer,
+            t_initial=hp.epochs,
+            lr_min=hp.min_lr,
+            warmup_t=hp.warmup_epochs,
+            warmup_lr_init=hp.warmup_lr,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def lr_scheduler_step(self, scheduler: CosineLRScheduler, metric: Any) -> None:
+        scheduler.step(epoch=self.current_epoch + 1)  # timm schedules by epoch index; Lightning calls at epoch end
+
+    def state_dict(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """Only the trainable tensors, under their `network.` names: the frozen backbone is never saved."""
+        prefix = kwargs.get("prefix", "")
+        keep = {f"{prefix}network.{name}" for name in trainable_parameters(self.network)}
+        full = super().state_dict(*args, **kwargs)
+        return type(full)((k, v) for k, v in full.items() if k in keep)
+
+    def save_adapter(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write the adapter (safetensors + JSON sidecar) with the training settings in the sidecar."""
+        settings = {k: v for k, v in self.hparams.items() if k != "method"}
+        return save_adapter(self.network, path, extra={"training": settings, **(extra or {})})
