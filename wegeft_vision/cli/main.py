@@ -6,9 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import params
+from . import data, params
 
-COMMANDS = {"params": params}
+COMMANDS = {"params": params, "data": data}
 USER_ERRORS = (ValueError, TypeError, OSError, KeyError)
 
 

@@ -1,0 +1,211 @@
+"""LightningDataModule for the protocol's stages: search (train -> val) and final (train+val -> test)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from ..backbones import DEFAULT_BACKBONE
+from .cache import CachedDataset, DecodedCache
+from .fgvc import image_dir, load_fgvc_splits
+from .images import ImageListDataset
+from .manifests import Manifest, load_manifest, read_manifest
+from .registry import VTAB1K, parse_target, protocol_splits
+from .transforms import Preprocessing, backbone_data_config, preprocessing
+from .vtab1k import load_vtab1k_split
+
+Samples = list[tuple[Path, int]]
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed Python's and NumPy's RNGs of a DataLoader worker from its torch seed (set by the loader's generator)."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+class BenchmarkDataModule(L.LightningDataModule):
+    """VTAB-1k or FGVC data for one protocol stage.
+
+    search: VTAB-1k train800 -> val200, FGVC train -> val. final: VTAB-1k train800val200 -> test, FGVC train -> test,
+    or train+val -> test with `final_includes_val=True` (the paper's text says train+val; the authors' code trains
+    the final FGVC run on train only, which is the default). `val_dataloader` and `test_dataloader` both serve the
+    stage's evaluation split.
+
+    Splits served from the cache come out of their loaders as uint8 batches; `on_after_batch_transfer` (called by
+    Lightning once a batch is on the training device) normalizes them there. Outside Lightning, call it yourself.
+
+    Args:
+        dataset: `vtab-1k/<task>` or `fgvc/<dataset>` (aliases accepted; a custom name needs `manifest`).
+        root: VTAB-1k: the folder of task folders; FGVC: the dataset's root folder.
+        stage: `search` or `final`.
+        splits_dir: FGVC: folder of the JSON split files (default: `root`).
+        manifest: manifest file to use instead of the bundled one (expected counts and classes).
+        backbone: timm `architecture.tag` whose pretrained data config sets size, mean, std, interpolation.
+        data_config: a timm data config to use instead (e.g. `backbones.data_config(model)`).
+        preset: preprocessing preset, `paper` or `vpt`.
+        batch_size: training batch size.
+        eval_batch_size: evaluation batch size (default: `batch_size`).
+        num_workers: DataLoader workers for decoding (unused for cached splits).
+        pin_memory: pin host memory of decoded batches (cached batches are uint8 and small; they are not pinned).
+        seed: seed of the training order and of worker RNGs.
+        final_includes_val: FGVC final stage trains on train+val.
+        allow_count_mismatch: accept split sizes that differ from the manifest.
+        cache_dir: decoded-tensor cache folder; splits whose pipeline has no random part are served from it.
+        cache_device: hold cached splits on this device (e.g. `cuda`), so batches cost one gather.
+        drop_last: drop the last incomplete training batch.
+    """
+
+    def __init__(
+        self,
+        dataset: str,
+        root: str | Path,
+        stage: str = "search",
+        splits_dir: str | Path | None = None,
+        manifest: str | Path | None = None,
+        backbone: str = DEFAULT_BACKBONE,
+        data_config: Mapping[str, Any] | None = None,
+        preset: str = "paper",
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 4,
+        pin_memory: bool = True,
+        seed: int = 0,
+        final_includes_val: bool = False,
+        allow_count_mismatch: bool = False,
+        cache_dir: str | Path | None = None,
+        cache_device: str | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.benchmark, self.name = parse_target(dataset, strict=manifest is None)
+        self.manifest: Manifest = read_manifest(manifest) if manifest else load_manifest(dataset)
+        if self.manifest.benchmark != self.benchmark:
+            raise ValueError(f"manifest {manifest} describes a {self.manifest.benchmark} dataset, not {dataset}")
+        self.train_splits, self.eval_split = protocol_splits(self.benchmark, stage, final_includes_val)
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size or 1)):
+            if value < 1:
+                raise ValueError(f"{name} should be at least 1, got {value}")
+        self.root = Path(root)
+        self.stage = stage
+        self.splits_dir = Path(splits_dir) if splits_dir else self.root
+        config = data_config if data_config is not None else backbone_data_config(backbone)
+        self.preprocessing: Preprocessing = preprocessing(preset, config, self.benchmark)
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers, self.pin_memory, self.seed, self.drop_last = num_workers, pin_memory, seed, drop_last
+        self.allow_count_mismatch = allow_count_mismatch
+        self.cache = DecodedCache(cache_dir) if cache_dir else None
+        self.cache_device = cache_device
+        self.class_ids: list = list(range(self.manifest.num_classes))
+        self.samples: dict[str, Samples] = {}
+        self.datasets: dict[str, Dataset] = {}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_ids)
+
+    def _read_split(self, split: str) -> Samples:
+        if self.benchmark == VTAB1K:
+            rel, folder = load_vtab1k_split(self.root, self.manifest.name, split)
+            samples = [(folder / path, label) for path, label in rel]
+            where = folder / self.manifest.splits[split].file
+        else:
+            loaded = load_fgvc_splits(self.manifest.name, self.splits_dir, splits=(split,))
+            self.class_ids = loaded.class_ids
+            images = image_dir(self.root, self.manifest.name, self.manifest.image_folder)
+            samples = [(images / path, label) for path, label in loaded[split]]
+            where = self.splits_dir / self.manifest.splits[split].file
+        expected = self.manifest.splits[split].count
+        if len(samples) != expected and not self.allow_count_mismatch:
+            raise ValueError(
+                f"{where}: {len(samples):,} entries, expected {expected:,} (pass allow_count_mismatch=True to accept)"
+            )
+        bad = [(p, label) for p, label in samples if label >= self.manifest.num_classes]
+        if bad:
+            raise ValueError(f"{where}: label {bad[0][1]} of {bad[0][0]} is outside 0..{self.manifest.num_classes - 1}")
+        return samples
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the stage's split files and build its datasets (from the cache where the pipeline allows)."""
+        if self.datasets:
+            return
+        train = [s for split in self.train_splits for s in self._read_split(split)]
+        self.samples = {"train": train, "eval": self._read_split(self.eval_split)}
+        names = {"train": "+".join(self.train_splits), "eval": self.eval_split}
+        for part, samples in self.samples.items():
+            is_train = part == "train"
+            if self.cache is not None and self.preprocessing.cacheable(is_train):
+                cached = self.cache.load(
+                    f"{self.benchmark}_{self.manifest.name}",
+                    names[part],
+                    samples,
+                    self.preprocessing.geometry(is_train),
+                    self.preprocessing.size,
+                    self.preprocessing.describe(is_train),
+                )
+                if self.cache_device:
+                    cached = cached.to(self.cache_device)
+                self.datasets[part] = CachedDataset(cached)  # uint8; normalized on the device
+            else:
+                self.datasets[part] = ImageListDataset(samples, self.preprocessing.pipeline(is_train))
+
+    def _loader(self, part: str, shuffle: bool) -> DataLoader:
+        if not self.datasets:
+            self.setup()
+        dataset = self.datasets[part]
+        # the order comes from its own generator, so cached and decoding loaders visit the same sequence
+        order = torch.Generator().manual_seed(self.seed)
+        batch_size = self.batch_size if part == "train" else self.eval_batch_size
+        drop_last = self.drop_last and part == "train"
+        sampler = RandomSampler(dataset, generator=order) if shuffle else SequentialSampler(dataset)
+        if isinstance(dataset, CachedDataset):  # whole uint8 batches by one gather; nothing left to decode
+            return DataLoader(dataset, sampler=BatchSampler(sampler, batch_size, drop_last), batch_size=None)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+            worker_init_fn=seed_worker,
+            generator=torch.Generator().manual_seed(self.seed + 1),  # worker seeds
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Normalize uint8 image batches (from the cache) on the device they were moved to; others pass unchanged."""
+        images, labels = batch
+        if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
+            images = self.preprocessing.normalize_batch(images)
+        return images, labels
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("eval", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("eval", shuffle=False)
+
+    def describe(self) -> dict[str, Any]:
+        """What this stage serves: benchmark, name, splits, sizes and classes (for logs and results)."""
+        return {
+            "benchmark": self.benchmark,
+            "dataset": self.manifest.name,
+            "stage": self.stage,
+            "train_splits": list(self.train_splits),
+            "eval_split": self.eval_split,
+            "train_size": len(self.samples.get("train", [])),
+            "eval_size": len(self.samples.get("eval", [])),
+            "num_classes": self.num_classes,
+            "preset": self.preprocessing.preset,
+        }

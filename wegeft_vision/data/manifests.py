@@ -1,0 +1,180 @@
+"""Split manifests (`data_splits/*.yaml`): where each split file comes from, its sha256, and the expected counts."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .registry import FGVC, VTAB1K, parse_target, splits_of
+
+REPO_MANIFEST_DIR = Path(__file__).resolve().parents[2] / "data_splits"
+
+
+def default_manifest_dir() -> Path:
+    """The bundled manifests: `$WEGEFT_DATA_SPLITS` when set, else the repository's `data_splits/`."""
+    return Path(os.environ.get("WEGEFT_DATA_SPLITS") or REPO_MANIFEST_DIR)
+
+
+@dataclass(frozen=True)
+class SplitEntry:
+    """One split of a manifest: the file holding it, its expected line/entry count, and optional source and hash."""
+
+    name: str
+    file: str
+    count: int
+    num_classes: int | None = None
+    url: str | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a dataset or task on disk should look like; loaded from a YAML file."""
+
+    benchmark: str
+    name: str
+    num_classes: int
+    splits: dict[str, SplitEntry]
+    image_folder: str = ""
+    group: str | None = None
+    aliases: tuple[str, ...] = ()
+    source: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML form (what `write_manifest` saves)."""
+        out: dict[str, Any] = {"benchmark": self.benchmark, "name": self.name, "num_classes": self.num_classes}
+        if self.group:
+            out["group"] = self.group
+        if self.aliases:
+            out["aliases"] = list(self.aliases)
+        if self.benchmark == FGVC:
+            out["image_folder"] = self.image_folder
+        if self.source:
+            out["source"] = self.source
+        out["splits"] = {
+            s.name: {k: v for k, v in vars(s).items() if k != "name" and v is not None} for s in self.splits.values()
+        }
+        return out
+
+
+def _field(raw: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in raw:
+        raise ValueError(f"manifest {where} lacks the field {key!r}")
+    if not isinstance(raw[key], kind):
+        raise ValueError(f"manifest {where}: field {key!r} should be {kind}, got {raw[key]!r}")
+    return raw[key]
+
+
+def parse_manifest(raw: Any, where: str = "<memory>") -> Manifest:
+    """A `Manifest` from its YAML mapping, validated.
+
+    Args:
+        raw: the parsed YAML.
+        where: the file name used in error messages.
+
+    Raises:
+        ValueError: a missing or mistyped field, an unknown benchmark, or a split the benchmark does not have.
+    """
+    if not isinstance(raw, dict):
+        raise ValueError(f"manifest {where} should hold a mapping, got {type(raw).__name__}")
+    benchmark = _field(raw, "benchmark", str, where)
+    name, num_classes = _field(raw, "name", str, where), _field(raw, "num_classes", int, where)
+    expected_splits = splits_of(benchmark)
+    splits = {}
+    for split, entry in _field(raw, "splits", dict, where).items():
+        if split not in expected_splits:
+            raise ValueError(f"manifest {where}: split {split!r} is not one of {', '.join(expected_splits)}")
+        if not isinstance(entry, dict):
+            raise ValueError(f"manifest {where}: split {split!r} should be a mapping, got {entry!r}")
+        default_file = f"{split}.txt" if benchmark == VTAB1K else f"{split}.json"
+        splits[split] = SplitEntry(
+            name=split,
+            file=str(entry.get("file", default_file)),
+            count=_field(entry, "count", int, f"{where} (split {split})"),
+            num_classes=entry.get("num_classes"),
+            url=entry.get("url"),
+            sha256=entry.get("sha256"),
+        )
+    missing = [s for s in expected_splits if s not in splits]
+    if missing:
+        raise ValueError(f"manifest {where} lacks the split(s) {', '.join(missing)}")
+    return Manifest(
+        benchmark=benchmark,
+        name=name,
+        num_classes=num_classes,
+        splits=splits,
+        image_folder=str(raw.get("image_folder", "")),
+        group=raw.get("group"),
+        aliases=tuple(raw.get("aliases", ())),
+        source=dict(raw.get("source", {})),
+    )
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """Load one manifest file.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not valid YAML or not a valid manifest.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"manifest {path} is not valid YAML: {err}") from err
+    manifest = parse_manifest(raw, str(path))
+    return Manifest(**{**vars(manifest), "path": path})
+
+
+def manifest_path(ref: str, manifest_dir: str | Path | None = None) -> Path:
+    """The bundled manifest file of `benchmark/name` (aliases allowed)."""
+    benchmark, name = parse_target(ref)
+    prefix = "vtab1k" if benchmark == VTAB1K else "fgvc"
+    return Path(manifest_dir or default_manifest_dir()) / f"{prefix}_{name}.yaml"
+
+
+def load_manifest(ref: str, manifest_dir: str | Path | None = None) -> Manifest:
+    """The manifest of a dataset reference such as `vtab-1k/cifar100` or `fgvc/cub`, or of a `.yaml` path.
+
+    Args:
+        ref: `benchmark/name` (canonical names and aliases) or the path of a manifest file.
+        manifest_dir: folder of the bundled manifests (default: the repository's `data_splits/`).
+
+    Raises:
+        ValueError: an unknown benchmark or name, or an invalid manifest.
+        FileNotFoundError: no manifest file for the reference.
+    """
+    if ref.endswith((".yaml", ".yml")):
+        return read_manifest(ref)
+    path = manifest_path(ref, manifest_dir)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no manifest for {ref} at {path}; pass the manifest file explicitly or set WEGEFT_DATA_SPLITS"
+        )
+    return read_manifest(path)
+
+
+def write_manifest(manifest: Manifest, path: str | Path, header: str | None = None) -> Path:
+    """Save a manifest as YAML (with an optional comment line on top) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = f"# {header}\n" if header else ""
+    path.write_text(text + yaml.safe_dump(manifest.to_dict(), sort_keys=False, width=120))
+    return path
+
+
+def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
