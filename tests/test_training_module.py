@@ -7,9 +7,10 @@ import pytest
 import timm
 import torch
 from conftest import TINY_VIT
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader, TensorDataset
 
-from wegeft_vision.methods import LoRAConfig, load_adapter, read_adapter_meta
+from wegeft_vision.methods import LoRAConfig, load_adapted_model, load_adapter, read_adapter_meta
 from wegeft_vision.training import ClassificationModule
 
 
@@ -79,6 +80,23 @@ def test_save_adapter_records_training_settings_and_reloads(tmp_path):
     fresh = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=3, drop_path_rate=0.1, **TINY_VIT)
     images = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(load_adapter(fresh, path).eval()(images), model(images), rtol=0, atol=0)
+
+
+def test_load_adapted_model_rebuilds_backbone_from_sidecar(tmp_path):
+    torch.manual_seed(0)
+    weights = tmp_path / "backbone.safetensors"
+    source = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=3, **TINY_VIT)
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(weights))
+    model = module(weights=str(weights), method=LoRAConfig(rank=2)).eval()
+    with torch.no_grad():
+        model.network.blocks[1].attn.proj.lora_B.normal_()
+    path = model.save_adapter(tmp_path / "a.safetensors")
+    assert read_adapter_meta(path)["backbone"]["overrides"] == TINY_VIT
+    rebuilt = load_adapted_model(path, weights=weights)
+    images = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(rebuilt(images), model(images), rtol=0, atol=0)
+    with pytest.raises(FileNotFoundError, match="weights file .*missing.pt does not exist"):
+        load_adapted_model(path, weights=tmp_path / "missing.pt")
 
 
 def test_invalid_schedule_is_refused():

@@ -1,6 +1,6 @@
 """Parameter-efficient methods for timm ViTs: WeGeFT and the baselines of the paper's vision tables."""
 
-from .adapter_file import load_adapter, read_adapter_meta, save_adapter
+from .adapter_file import load_adapted_model, load_adapter, read_adapter_meta, save_adapter
 from .base import (
     AdapterLinear,
     MethodConfig,
@@ -36,6 +36,7 @@ __all__ = [
     "config_from_yaml",
     "count_trainable",
     "inject",
+    "load_adapted_model",
     "load_adapter",
     "merge",
     "method_config",

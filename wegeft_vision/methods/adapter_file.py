@@ -36,13 +36,20 @@ def backbone_info(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def save_adapter(model: nn.Module, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+def save_adapter(
+    model: nn.Module,
+    path: str | Path,
+    extra: dict[str, Any] | None = None,
+    backbone_overrides: dict[str, Any] | None = None,
+) -> Path:
     """Write the trainable tensors of an injected model to `path` (.safetensors) and its JSON sidecar.
 
     Args:
         model: a model returned by `inject`.
         path: target file; the sidecar goes beside it with the suffix `.json`.
         extra: JSON-ready metadata kept in the sidecar (e.g. training preset, seed).
+        backbone_overrides: timm architecture arguments the backbone was created with (e.g. `img_size`), so that
+            `load_adapted_model` can create it again.
 
     Returns:
         The path of the tensor file.
@@ -58,7 +65,7 @@ def save_adapter(model: nn.Module, path: str | Path, extra: dict[str, Any] | Non
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "config": config.to_dict(),
-        "backbone": backbone_info(model),
+        "backbone": {**backbone_info(model), "overrides": backbone_overrides or {}},
         "tensors": sorted(tensors),
         "extra": extra or {},
     }
@@ -125,3 +132,31 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
                 )
             param.copy_(tensor)
     return model
+
+
+def load_adapted_model(
+    path: str | Path, weights: str | Path | None = None, pretrained: bool = True, **overrides: Any
+) -> nn.Module:
+    """Create the backbone recorded in the adapter's sidecar and put the adapter on it, in eval mode.
+
+    Args:
+        path: the adapter (.safetensors) with its sidecar.
+        weights: local backbone weights file instead of the tag's hub/cached weights.
+        pretrained: load the tag's pretrained weights (ignored with `weights`); False gives random weights.
+        overrides: architecture arguments that replace the recorded ones.
+    """
+    from ..backbones import create_backbone  # backbones knows nothing of adapters; the dependency points this way
+
+    meta = read_adapter_meta(path)
+    saved = meta["backbone"]
+    if not saved.get("architecture"):
+        raise ValueError(f"adapter {path} does not record its backbone architecture")
+    name = saved["architecture"] + (f".{saved['tag']}" if saved.get("tag") else "")
+    model = create_backbone(
+        name,
+        num_classes=saved["num_classes"],
+        pretrained=pretrained and weights is None,
+        weights=weights,
+        **{**saved.get("overrides", {}), **overrides},
+    )
+    return load_adapter(model, path).eval()

@@ -140,4 +140,5 @@ class ClassificationModule(L.LightningModule):
     def save_adapter(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Write the adapter (safetensors + JSON sidecar) with the training settings in the sidecar."""
         settings = {k: v for k, v in self.hparams.items() if k != "method"}
-        return save_adapter(self.network, path, extra={"training": settings, **(extra or {})})
+        extra = {"training": settings, **(extra or {})}
+        return save_adapter(self.network, path, extra=extra, backbone_overrides=self.hparams.backbone_overrides)
