@@ -63,6 +63,7 @@ def test_file_holds_only_trainable_tensors_and_sidecar_describes_them(tmp_path, 
         "architecture": "vit_base_patch16_224",
         "tag": "augreg2_in21k_ft_in1k",
         "num_classes": 5,
+        "overrides": {},
     }
     assert meta["tensors"] == sorted(tensors)
     assert read_adapter_meta(path)["format"] == "wegeft-vision-adapter"
