@@ -67,5 +67,12 @@ def backbone_tag(model: nn.Module) -> str:
 
 
 def data_config(model: nn.Module) -> dict[str, Any]:
-    """Input size, interpolation, mean and std stored with the model's pretrained weights."""
-    return resolve_model_data_config(model)
+    """Input size, interpolation, mean and std stored with the model's pretrained weights.
+
+    The input size is the model's own (`patch_embed.img_size`) when it was built with another `img_size`.
+    """
+    config = resolve_model_data_config(model)
+    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if img_size is not None:
+        config["input_size"] = (config["input_size"][0], *img_size)
+    return config

@@ -6,9 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import data, params
+from . import data, params, visualize
 
-COMMANDS = {"params": params, "data": data}
+COMMANDS = {"params": params, "data": data, "visualize": visualize}
 USER_ERRORS = (ValueError, TypeError, OSError, KeyError)
 
 
