@@ -45,4 +45,5 @@ def test_unreachable_hub_gives_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="neither in the Hugging Face cache nor reachable.*weights=PATH"):
+        # offline and an empty cache: this asks the (unreachable) hub nothing and must fail with a clear message
         create_backbone("vit_tiny_patch16_224.augreg_in21k", pretrained=True, img_size=32)

@@ -12,6 +12,7 @@ from wegeft_vision.methods import (
     LoRAConfig,
     WeGeFTConfig,
     config_from_dict,
+    config_from_spec,
     config_from_yaml,
     count_trainable,
     inject,
@@ -53,3 +54,11 @@ def test_bad_configs_name_the_problem(tmp_path):
     bad.write_text("rank: 4\n")
     with pytest.raises(ValueError, match="bad.yaml needs a `class_path`"):
         config_from_yaml(bad)
+
+
+def test_spec_accepts_both_forms():
+    assert config_from_spec({"method": "lora", "rank": 4}) == LoRAConfig(rank=4)
+    spec = {"class_path": "wegeft_vision.methods.LoRAConfig", "init_args": {"rank": 4}}
+    assert config_from_spec(spec) == LoRAConfig(rank=4)
+    with pytest.raises(ValueError, match="model.method: unknown class_path"):
+        config_from_spec({"class_path": "x.DoRAConfig"}, "model.method")

@@ -14,7 +14,7 @@ from .base import (
 from .bitfit import BitFitConfig
 from .lora import LoRAConfig, LoRALinear
 from .probe import FullFinetuneConfig, LinearProbeConfig
-from .registry import METHODS, config_from_dict, config_from_yaml
+from .registry import METHODS, config_from_dict, config_from_spec, config_from_yaml
 from .vpt import PromptedBlock, VPTConfig
 from .wegeft import WeGeFTConfig, WeGeFTGenerator, WeGeFTLinear
 
@@ -33,6 +33,7 @@ __all__ = [
     "WeGeFTGenerator",
     "WeGeFTLinear",
     "config_from_dict",
+    "config_from_spec",
     "config_from_yaml",
     "count_trainable",
     "inject",

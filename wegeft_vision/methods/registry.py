@@ -35,6 +35,25 @@ def config_from_dict(data: dict[str, Any]) -> MethodConfig:
     return cls(**data)
 
 
+def config_from_spec(data: dict[str, Any], source: str = "method config") -> MethodConfig:
+    """Build a method config from either `{"method": name, **options}` or `{"class_path": ..., "init_args": {...}}`.
+
+    Args:
+        data: the mapping, e.g. a parsed YAML preset or a LightningCLI argument.
+        source: what to name in error messages (a file path, an option).
+    """
+    if "class_path" not in data:
+        return config_from_dict(data)
+    by_class = {cls.__name__: cls for cls in METHODS.values()}
+    class_name = str(data["class_path"]).rsplit(".", 1)[-1]
+    if class_name not in by_class:
+        raise ValueError(f"{source}: unknown class_path {data['class_path']!r}; known: {sorted(by_class)}")
+    try:
+        return config_from_dict({"method": by_class[class_name].method, **(data.get("init_args") or {})})
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from err
+
+
 def config_from_yaml(path: str | Path) -> MethodConfig:
     """Read a method preset (`class_path` + `init_args`, the LightningCLI form) such as `configs/method/*.yaml`."""
     path = Path(path)
@@ -44,11 +63,4 @@ def config_from_yaml(path: str | Path) -> MethodConfig:
         raise ValueError(f"method config {path} is not valid YAML: {err}") from err
     if not isinstance(data, dict) or "class_path" not in data:
         raise ValueError(f"method config {path} needs a `class_path` (and optional `init_args`)")
-    by_class = {cls.__name__: cls for cls in METHODS.values()}
-    class_name = str(data["class_path"]).rsplit(".", 1)[-1]
-    if class_name not in by_class:
-        raise ValueError(f"method config {path}: unknown class_path {data['class_path']!r}; known: {sorted(by_class)}")
-    try:
-        return config_from_dict({"method": by_class[class_name].method, **(data.get("init_args") or {})})
-    except ValueError as err:
-        raise ValueError(f"method config {path}: {err}") from err
+    return config_from_spec(data, f"method config {path}")

@@ -16,7 +16,7 @@ from timm.scheduler import CosineLRScheduler
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..backbones import DEFAULT_BACKBONE, backbone_tag, create_backbone, data_config
-from ..methods import MethodConfig, WeGeFTConfig, config_from_dict, inject, save_adapter, trainable_parameters
+from ..methods import MethodConfig, WeGeFTConfig, config_from_spec, inject, save_adapter, trainable_parameters
 
 
 class ClassificationModule(L.LightningModule):
@@ -24,7 +24,8 @@ class ClassificationModule(L.LightningModule):
 
     Args:
         num_classes: classes of the task (the head is created fresh).
-        method: a method config, or its dict form `{"method": name, **options}`.
+        method: a method config, its dict form `{"method": name, **options}`, or a preset's
+            `{"class_path": ..., "init_args": ...}` (what LightningCLI passes for `--model.method <preset>.yaml`).
         backbone: timm `architecture[.tag]`.
         pretrained: load the tag's weights (HF cache or hub); ignored when `weights` is given.
         weights: local weights file for the backbone.
@@ -60,7 +61,7 @@ class ClassificationModule(L.LightningModule):
     ) -> None:
         super().__init__()
         method = WeGeFTConfig() if method is None else method
-        self.method = config_from_dict(method) if isinstance(method, dict) else method
+        self.method = config_from_spec(method, "model.method") if isinstance(method, dict) else method
         self.save_hyperparameters({"method": self.method.to_dict()}, logger=False)
         self.save_hyperparameters(ignore=["method"], logger=False)
         if epochs < 1 or not 0 <= warmup_epochs < epochs:
