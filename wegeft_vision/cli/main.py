@@ -10,10 +10,15 @@ from . import data, params, visualize
 
 COMMANDS = {"params": params, "data": data, "visualize": visualize}
 USER_ERRORS = (ValueError, TypeError, OSError, KeyError)
+LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wegeft-vision", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="wegeft-vision",
+        description=__doc__,
+        epilog="Training: `wegeft-vision fit|validate|test --help` (LightningCLI; configs compose with --config).",
+    )
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():
@@ -22,6 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        from .lightning import run_lightning  # Lightning's parser owns these sub-commands
+
+        return run_lightning(argv)
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command].run(args) or 0

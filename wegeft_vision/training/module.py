@@ -62,8 +62,8 @@ class ClassificationModule(L.LightningModule):
         super().__init__()
         method = WeGeFTConfig() if method is None else method
         self.method = config_from_spec(method, "model.method") if isinstance(method, dict) else method
-        self.save_hyperparameters({"method": self.method.to_dict()}, logger=False)
         self.save_hyperparameters(ignore=["method"], logger=False)
+        self.hparams["method"] = self.method.to_dict()  # plain JSON in checkpoints, whatever form was passed
         if epochs < 1 or not 0 <= warmup_epochs < epochs:
             raise ValueError(f"need epochs >= 1 and 0 <= warmup_epochs < epochs, got {epochs} and {warmup_epochs}")
         network = create_backbone(

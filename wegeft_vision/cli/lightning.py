@@ -1,0 +1,40 @@
+"""`wegeft-vision fit|validate|test`: LightningCLI over `ClassificationModule` and `BenchmarkDataModule`.
+
+Configs compose as in any LightningCLI (`--config a.yaml --config b.yaml`, `--model.method configs/method/x.yaml`,
+`--print_config`). The class count comes from the dataset's manifest; the preprocessing from the model's backbone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from ..data import load_manifest, read_manifest
+from ..data.datamodule import BenchmarkDataModule
+from ..training import ClassificationModule
+
+SUBCOMMANDS = ("fit", "validate", "test")
+
+
+def num_classes_of(dataset: str, manifest: str | None) -> int:
+    """Classes of `dataset` according to its manifest (the bundled one unless `manifest` is given)."""
+    return (read_manifest(manifest) if manifest else load_manifest(dataset)).num_classes
+
+
+class WeGeFTCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments(("data.dataset", "data.manifest"), "model.num_classes", compute_fn=num_classes_of)
+        parser.link_arguments("model.data_config", "data.data_config", apply_on="instantiate")
+
+
+def run_lightning(argv: Sequence[str]) -> int:
+    """Run a LightningCLI sub-command; `argv` starts with fit, validate or test."""
+    WeGeFTCLI(
+        ClassificationModule,
+        BenchmarkDataModule,
+        args=list(argv),
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"prog": "wegeft-vision"},
+    )
+    return 0
