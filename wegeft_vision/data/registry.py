@@ -95,16 +95,20 @@ _VTAB_ALIASES = _alias_table(VTAB_TASKS)
 _FGVC_ALIASES = _alias_table(FGVC_DATASETS)
 
 
+def _lookup(entries: dict, aliases: dict[str, str], kind: str, name: str):
+    canonical = aliases.get(name.lower())
+    if canonical is None:
+        raise ValueError(f"unknown {kind} {name!r}; expected one of {', '.join(entries)} (or an alias)")
+    return entries[canonical]
+
+
 def vtab_task(name: str) -> VTABTask:
     """The VTAB-1k task called `name` (canonical name or alias, case-insensitive).
 
     Raises:
         ValueError: an unknown name; the message lists the canonical names.
     """
-    canonical = _VTAB_ALIASES.get(name.lower())
-    if canonical is None:
-        raise ValueError(f"unknown VTAB-1k task {name!r}; expected one of {', '.join(VTAB_TASKS)} (or an alias)")
-    return VTAB_TASKS[canonical]
+    return _lookup(VTAB_TASKS, _VTAB_ALIASES, "VTAB-1k task", name)
 
 
 def fgvc_dataset(name: str) -> FGVCDataset:
@@ -113,10 +117,7 @@ def fgvc_dataset(name: str) -> FGVCDataset:
     Raises:
         ValueError: an unknown name; the message lists the canonical names.
     """
-    canonical = _FGVC_ALIASES.get(name.lower())
-    if canonical is None:
-        raise ValueError(f"unknown FGVC dataset {name!r}; expected one of {', '.join(FGVC_DATASETS)} (or an alias)")
-    return FGVC_DATASETS[canonical]
+    return _lookup(FGVC_DATASETS, _FGVC_ALIASES, "FGVC dataset", name)
 
 
 def parse_target(ref: str, strict: bool = True) -> tuple[str, str]:
