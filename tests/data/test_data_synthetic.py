@@ -57,3 +57,33 @@ def test_bad_arguments(tmp_path):
         write_synthetic(tmp_path, "size")
     with pytest.raises(ValueError, match="counts should map train800, val200, test"):
         write_synthetic(tmp_path, "shape", {"train": 3})
+
+
+def test_fgvc_layout_serves_the_fgvc_splits(tmp_path):
+    from wegeft_vision.data.datamodule import BenchmarkDataModule
+
+    folder = write_synthetic(tmp_path, "colour", {"train800": 12, "val200": 4, "test": 6}, size=32, layout="fgvc")
+    manifest = read_manifest(folder / "manifest.yaml")
+    assert manifest.benchmark == "fgvc" and {s: e.count for s, e in manifest.splits.items()} == {
+        "train": 12,
+        "val": 4,
+        "test": 6,
+    }
+    train = json.loads((folder / "train.json").read_text())
+    assert len(train) == 12 and all((folder / image).is_file() for image in train)
+    data = BenchmarkDataModule(
+        "fgvc/synthetic_colour",
+        folder,
+        "final",
+        manifest=folder / "manifest.yaml",
+        backbone="vit_base_patch16_224",
+        num_workers=0,
+        final_includes_val=True,
+    )
+    data.setup()
+    assert data.describe()["train_size"] == 16 and data.describe()["eval_split"] == "test"
+
+
+def test_unknown_layout_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown layout 'imagenet'"):
+        write_synthetic(tmp_path, "shape", {"train800": 1, "val200": 1, "test": 1}, layout="imagenet")

@@ -28,13 +28,20 @@ class WeGeFTCLI(LightningCLI):
         parser.link_arguments("model.data_config", "data.data_config", apply_on="instantiate")
 
 
-def run_lightning(argv: Sequence[str]) -> int:
-    """Run a LightningCLI sub-command; `argv` starts with fit, validate or test."""
-    WeGeFTCLI(
+def build_cli(argv: Sequence[str], run: bool = False) -> WeGeFTCLI:
+    """The CLI for `argv`: with `run`, a sub-command (fit, validate or test) and its arguments, executed; without,
+    the arguments only, and the model, datamodule and trainer instantiated for the caller (the protocol's runs)."""
+    return WeGeFTCLI(
         ClassificationModule,
         BenchmarkDataModule,
         args=list(argv),
+        run=run,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"prog": "wegeft-vision"},
     )
+
+
+def run_lightning(argv: Sequence[str]) -> int:
+    """Run a LightningCLI sub-command; `argv` starts with fit, validate or test."""
+    build_cli(argv, run=True)
     return 0

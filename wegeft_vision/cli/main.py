@@ -6,9 +6,16 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import data, params, visualize
+from . import data, params, protocol, report, search, visualize
 
-COMMANDS = {"params": params, "data": data, "visualize": visualize}
+COMMANDS = {
+    "params": params,
+    "data": data,
+    "visualize": visualize,
+    "protocol": protocol,
+    "search": search,
+    "report": report,
+}
 USER_ERRORS = (ValueError, TypeError, OSError, KeyError)
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
@@ -33,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_lightning(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv[argv.index(args.command) :]  # worker processes repeat the sub-command's arguments
     try:
         return COMMANDS[args.command].run(args) or 0
     except USER_ERRORS as err:

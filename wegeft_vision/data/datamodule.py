@@ -24,6 +24,33 @@ from .vtab1k import load_vtab1k_split
 Samples = list[tuple[Path, int]]
 
 
+class EpochShuffle(RandomSampler):
+    """A random order that depends only on (seed, epoch): resuming at epoch k replays the order of epoch k.
+
+    Lightning calls `set_epoch` at the start of every training epoch (a `RandomSampler`, so Lightning's distributed
+    sampler keeps shuffling under DDP).
+    """
+
+    def __init__(self, data_source: Dataset, seed: int) -> None:
+        super().__init__(data_source)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        order = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        yield from torch.randperm(len(self.data_source), generator=order).tolist()
+
+
+class EpochBatches(BatchSampler):
+    """Batches of an `EpochShuffle` (cached splits are read a batch at a time); forwards `set_epoch`."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+
 def seed_worker(worker_id: int) -> None:
     """Seed Python's and NumPy's RNGs of a DataLoader worker from its torch seed (set by the loader's generator)."""
     seed = torch.initial_seed() % 2**32
@@ -161,13 +188,12 @@ class BenchmarkDataModule(L.LightningDataModule):
         if not self.datasets:
             self.setup()
         dataset = self.datasets[part]
-        # the order comes from its own generator, so cached and decoding loaders visit the same sequence
-        order = torch.Generator().manual_seed(self.seed)
         batch_size = self.batch_size if part == "train" else self.eval_batch_size
         drop_last = self.drop_last and part == "train"
-        sampler = RandomSampler(dataset, generator=order) if shuffle else SequentialSampler(dataset)
+        # cached and decoding loaders visit the same sequence: the order depends on (seed, epoch) only
+        sampler = EpochShuffle(dataset, self.seed) if shuffle else SequentialSampler(dataset)
         if isinstance(dataset, CachedDataset):  # whole uint8 batches by one gather; nothing left to decode
-            return DataLoader(dataset, sampler=BatchSampler(sampler, batch_size, drop_last), batch_size=None)
+            return DataLoader(dataset, sampler=EpochBatches(sampler, batch_size, drop_last), batch_size=None)
         return DataLoader(
             dataset,
             batch_size=batch_size,

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from .manifests import Manifest, SplitEntry, write_manifest
-from .registry import VTAB1K, VTAB_SPLITS
+from .registry import FGVC, FGVC_SPLITS, VTAB1K, VTAB_SPLITS
 from .vtab1k import write_split_file
 
 SHAPES = ("circle", "square", "triangle", "star")
@@ -151,12 +151,15 @@ def write_synthetic(
     counts: Mapping[str, int] | None = None,
     size: int = 64,
     seed: int = 0,
+    layout: str = VTAB1K,
 ) -> Path:
-    """Write a synthetic task in the VTAB-1k layout and return its folder `<out>/synthetic_<task>/`.
+    """Write a synthetic task in the VTAB-1k (or FGVC) layout and return its folder `<out>/synthetic_<task>/`.
 
-    The folder holds `images/NNNNN.png`, `masks/NNNNN.png` (object ids as in `Scene.mask`), the four split files
-    (train800val200 = train800 + val200), `scenes.json` (objects and labels of every task per image) and
-    `manifest.yaml` (counts and classes, for `data check --manifest`). Images are PNG, so lossless.
+    The folder holds `images/NNNNN.png`, `masks/NNNNN.png` (object ids as in `Scene.mask`), the split files,
+    `scenes.json` (objects and labels of every task per image) and `manifest.yaml` (counts and classes, for
+    `data check --manifest`). Images are PNG, so lossless. VTAB-1k layout: the four `.txt` split files
+    (train800val200 = train800 + val200). FGVC layout: `train.json`, `val.json`, `test.json` (`{image: label}`) holding
+    the train800, val200 and test scenes, images relative to the folder itself (the dataset root).
 
     Args:
         out: parent folder (the VTAB-1k root).
@@ -164,7 +167,10 @@ def write_synthetic(
         counts: scenes per split, keys `train800`, `val200`, `test` (default 800, 200, 500).
         size: image side in pixels.
         seed: stream seed; scene numbers run on across splits.
+        layout: `vtab-1k` or `fgvc`.
     """
+    if layout not in (VTAB1K, FGVC):
+        raise ValueError(f"unknown layout {layout!r}; expected {VTAB1K} or {FGVC}")
     counts = {**DEFAULT_COUNTS, **(counts or {})}
     unknown = set(counts) - set(DEFAULT_COUNTS)
     if unknown or any(n < 0 for n in counts.values()):
@@ -186,15 +192,22 @@ def write_synthetic(
             scenes[rel] = {"labels": scene.labels, "objects": [asdict(o) for o in scene.objects]}
             splits[split].append((rel, scene.labels[task]))
             index += 1
-    splits["train800val200"] = splits["train800"] + splits["val200"]
-    for split, samples in splits.items():
-        write_split_file(folder / f"{split}.txt", samples)
     (folder / "scenes.json").write_text(json.dumps(scenes))
+    if layout == VTAB1K:
+        splits["train800val200"] = splits["train800"] + splits["val200"]
+        for split, samples in splits.items():
+            write_split_file(folder / f"{split}.txt", samples)
+        entries = {s: SplitEntry(s, f"{s}.txt", len(splits[s])) for s in VTAB_SPLITS}
+    else:
+        splits = dict(zip(FGVC_SPLITS, splits.values(), strict=True))
+        for split, samples in splits.items():
+            (folder / f"{split}.json").write_text(json.dumps(dict(samples), indent=0))
+        entries = {s: SplitEntry(s, f"{s}.json", len(splits[s])) for s in FGVC_SPLITS}
     manifest = Manifest(
-        benchmark=VTAB1K,
+        benchmark=layout,
         name=name,
         num_classes=TASKS[task],
-        splits={s: SplitEntry(s, f"{s}.txt", len(splits[s])) for s in VTAB_SPLITS},
+        splits=entries,
         source={"generator": "wegeft_vision.data.synthetic", "task": task, "size": size, "seed": seed},
     )
     write_manifest(manifest, folder / "manifest.yaml", header=f"synthetic shapes, task {task}")

@@ -1,5 +1,6 @@
-"""Training on Lightning: the classification module (the search-then-final protocol builds on it)."""
+"""Training on Lightning: the classification module and the callbacks that make runs replayable."""
 
+from .callbacks import EpochSeed
 from .module import ClassificationModule
 
-__all__ = ["ClassificationModule"]
+__all__ = ["ClassificationModule", "EpochSeed"]

@@ -12,6 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from timm.scheduler import CosineLRScheduler
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -98,12 +99,12 @@ class ClassificationModule(L.LightningModule):
         smoothing = self.hparams.label_smoothing if stage == "train" else 0.0
         loss = F.cross_entropy(logits, labels, label_smoothing=smoothing)
         metric(logits, labels)
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(labels))
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=len(labels), sync_dist=True)
         self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, batch_size=len(labels))
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True, sync_dist=True)
         return self._step(batch, "train", self.train_acc)
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -114,7 +115,7 @@ class ClassificationModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = trainable_parameters(self.network)
-        print(f"training {sum(p.numel() for p in params.values()):,} parameters in {len(params)} tensors")
+        rank_zero_info(f"training {sum(p.numel() for p in params.values()):,} parameters in {len(params)} tensors")
         hp = self.hparams
         optimizer = torch.optim.AdamW(
             params.values(), lr=hp.lr, weight_decay=hp.weight_decay, betas=(0.9, 0.999), eps=1e-8

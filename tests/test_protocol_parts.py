@@ -1,0 +1,231 @@
+"""The protocol's parts: presets and config composition, results appends, replayable epochs, resume, DDP."""
+
+from __future__ import annotations
+
+import multiprocessing
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from wegeft_vision.cli import main
+from wegeft_vision.data import write_synthetic
+from wegeft_vision.data.datamodule import EpochShuffle
+from wegeft_vision.data.registry import FGVC_DATASETS, VTAB_TASKS
+from wegeft_vision.protocol import runs
+from wegeft_vision.protocol.preset import CONFIG_DIR, load_preset
+from wegeft_vision.protocol.results import COLUMNS, append_rows, read_rows
+from wegeft_vision.protocol.runs import RunSpec, train_run
+
+WEGEFT_LRS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3)
+LORA_LRS = (1e-3, 1.5e-3, 2e-3, 2.5e-3, 5e-3, 1e-2)
+WDS = (1e-2, 1e-3, 1e-4, 0.0)
+
+
+def test_paper_preset_has_the_papers_grids_and_recipe():
+    preset = load_preset("paper")
+    assert preset.search_epochs == 25 and preset.final_includes_val is False
+    for method in ("wegeft", "wegeft_d_out", "wegeft_sep"):
+        assert (preset.methods[method].lr, preset.methods[method].weight_decay) == (WEGEFT_LRS, WDS)
+    assert (preset.methods["lora"].lr, preset.methods["lora"].weight_decay) == (LORA_LRS, WDS)
+    for method in ("bitfit", "vpt"):
+        assert (preset.methods[method].lr, preset.methods[method].weight_decay) == (WEGEFT_LRS, (0.0,))
+    recipe = yaml.safe_load(preset.fit_config.read_text())
+    expected = {
+        "backbone": "vit_base_patch16_224.augreg_in21k",
+        "epochs": 100,
+        "warmup_epochs": 10,
+        "warmup_lr": 1e-7,
+        "min_lr": 1e-6,
+        "drop_path": 0.1,
+        "label_smoothing": 0.0,
+    }
+    assert {k: recipe["model"][k] for k in expected} == expected
+    assert recipe["data"]["batch_size"] == 64 and recipe["data"]["preset"] == "paper"
+    assert recipe["trainer"]["precision"] == "32-true"
+
+
+def test_paper_text_preset_differs_only_where_the_text_does():
+    code, text = load_preset("paper"), load_preset("paper_text")
+    assert text.overrides == {"data.batch_size": 32, "model.warmup_epochs": 5} and text.final_includes_val
+    assert text.methods == code.methods and text.fit_config == code.fit_config
+    assert text.fingerprint() != code.fingerprint()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            {"name": "x", "fit_config": "../fit/smoke.yaml", "search_epochs": 2, "methods": {}, "typo": 1},
+            "unknown keys",
+        ),
+        ({"name": "x", "fit_config": "../fit/smoke.yaml", "methods": {}}, "missing key 'search_epochs'"),
+        ({"name": "x", "fit_config": "../fit/nope.yaml", "search_epochs": 2, "methods": {}}, "nope.yaml"),
+        (
+            {
+                "name": "x",
+                "fit_config": "../fit/smoke.yaml",
+                "search_epochs": 2,
+                "methods": {"w": {"config": "../method/wegeft_r16.yaml", "lr": [1e-3, 1e-3], "weight_decay": [0]}},
+            },
+            "distinct",
+        ),
+        (
+            {
+                "name": "x",
+                "fit_config": "../fit/smoke.yaml",
+                "search_epochs": 2,
+                "methods": {"w": {"config": "../method/none.yaml", "lr": [1e-3], "weight_decay": [0]}},
+            },
+            "none.yaml",
+        ),
+    ],
+)
+def test_bad_presets_name_the_file_and_key(tmp_path, content, message):
+    folder = tmp_path / "protocol"
+    shutil.copytree(CONFIG_DIR / "fit", tmp_path / "fit")
+    shutil.copytree(CONFIG_DIR / "method", tmp_path / "method")
+    folder.mkdir()
+    (folder / "bad.yaml").write_text(yaml.safe_dump(content))
+    with pytest.raises((ValueError, FileNotFoundError), match=message) as error:
+        load_preset(folder / "bad.yaml")
+    assert "bad.yaml" in str(error.value)
+
+
+def test_unknown_preset_name_lists_the_bundled_ones():
+    with pytest.raises(FileNotFoundError, match="paper, paper_text, smoke"):
+        load_preset("papr")
+
+
+def test_one_data_config_per_task_and_dataset():
+    assert sorted(p.stem for p in (CONFIG_DIR / "data" / "vtab-1k").glob("*.yaml")) == sorted(VTAB_TASKS)
+    assert sorted(p.stem for p in (CONFIG_DIR / "data" / "fgvc").glob("*.yaml")) == sorted(FGVC_DATASETS)
+
+
+@pytest.mark.parametrize("dataset", ["vtab-1k/dsprites_ori", "fgvc/stanfordcars"])
+def test_fit_configs_compose_with_data_and_method_configs(dataset, tmp_path, capsys):
+    benchmark, name = dataset.split("/")
+    args = [
+        "fit",
+        "--config",
+        str(CONFIG_DIR / "fit" / "paper.yaml"),
+        "--config",
+        str(CONFIG_DIR / "data" / benchmark / f"{name}.yaml"),
+        "--model.method",
+        str(CONFIG_DIR / "method" / "lora_r8.yaml"),
+        "--data.root",
+        str(tmp_path),
+        "--data.batch_size",
+        "32",
+        "--print_config",
+    ]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["data"]["dataset"] == dataset and config["data"]["batch_size"] == 32  # the last word wins
+    assert config["model"]["epochs"] == 100 and config["model"]["method"]["class_path"].endswith("LoRAConfig")
+    assert any(c["class_path"].endswith("EpochSeed") for c in config["trainer"]["callbacks"])
+
+
+def test_append_rows_writes_each_key_once(tmp_path):
+    path = tmp_path / "results.csv"
+    row = {
+        "benchmark": "vtab-1k",
+        "task": "dtd",
+        "method": "wegeft",
+        "stage": "search",
+        "lr": 1e-3,
+        "weight_decay": 0.0,
+        "seed": 0,
+        "top1": 50.0,
+        "fingerprint": "abc",
+    }
+    assert append_rows(path, [row, row]) == 1
+    assert append_rows(path, [row, {**row, "lr": 5e-3}]) == 1
+    rows = read_rows(path)
+    assert [r["lr"] for r in rows] == ["0.001", "0.005"] and list(rows[0]) == list(COLUMNS)
+    assert path.read_text().count("benchmark,task") == 1
+
+
+def test_append_rows_refuses_a_file_with_other_columns(tmp_path):
+    path = tmp_path / "results.csv"
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="results.csv: columns"):
+        append_rows(path, [{"benchmark": "fgvc"}])
+    assert path.read_text() == "a,b\n1,2\n"  # nothing written is lost
+
+
+def test_epoch_shuffle_depends_on_seed_and_epoch_only():
+    data = list(range(50))
+    first = EpochShuffle(data, seed=3)
+    orders = []
+    for epoch in range(3):
+        first.set_epoch(epoch)
+        orders.append(list(first))
+    assert len({tuple(o) for o in orders}) == 3 and all(sorted(o) == data for o in orders)
+    replay = EpochShuffle(data, seed=3)
+    replay.set_epoch(2)
+    assert list(replay) == orders[2]  # a resumed run sees the same order at the same epoch
+    other = EpochShuffle(data, seed=4)
+    other.set_epoch(2)
+    assert list(other) != orders[2]
+
+
+@pytest.fixture(scope="module")
+def task_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    write_synthetic(root, "shape", {"train800": 48, "val200": 16, "test": 24}, size=32)
+    return root
+
+
+def final_spec(root: Path, **changes) -> RunSpec:
+    preset = load_preset("smoke")
+    fields = dict(
+        benchmark="vtab-1k",
+        task="synthetic_shape",
+        method="wegeft",
+        method_config=str(preset.methods["wegeft"].config),
+        stage="final",
+        lr=5e-3,
+        weight_decay=1e-4,
+        seed=0,
+        fit_config=str(preset.fit_config),
+        data_root=str(root),
+        search_epochs=2,
+        preset="smoke",
+        fingerprint=preset.fingerprint(),
+        manifest=str(root / "synthetic_shape" / "manifest.yaml"),
+    )
+    return RunSpec(**{**fields, **changes})
+
+
+def test_a_run_resumed_from_its_checkpoint_equals_an_uninterrupted_one(task_root, tmp_path, monkeypatch):
+    spec = final_spec(task_root)
+    whole = train_run(spec, tmp_path / "whole")
+    # the same run interrupted after 2 of its 4 epochs: its checkpoint stays behind, as after a kill
+    monkeypatch.setattr(runs.shutil, "rmtree", lambda *a, **k: None)
+    train_run(final_spec(task_root, overrides={"trainer.max_epochs": 2}), tmp_path / "cut")
+    monkeypatch.undo()
+    run_dir = spec.run_dir(tmp_path / "cut")
+    assert (
+        torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2 * (48 + 16) // 16
+    )  # final: train800val200
+    resumed = train_run(spec, tmp_path / "cut")
+    assert resumed["top1"] == whole["top1"] and resumed["epochs"] == 4
+    a = load_file(spec.run_dir(tmp_path / "whole") / "adapter.safetensors")
+    b = load_file(run_dir / "adapter.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert train_run(spec, tmp_path / "cut") == resumed  # finished: the stored result, nothing trained
+
+
+@pytest.mark.slow
+def test_a_run_on_two_processes_with_ddp(task_root, tmp_path):
+    if multiprocessing.get_start_method(allow_none=True) not in (None, "spawn", "fork"):
+        pytest.skip("needs a spawn-capable multiprocessing context")
+    row = train_run(final_spec(task_root, devices=2), tmp_path)
+    assert row["batch_size"] == 16 and row["epochs"] == 4 and row["eval_size"] == 24  # every test image once
+    assert 0.0 <= row["top1"] <= 100.0

@@ -1,0 +1,36 @@
+"""`wegeft-vision report` tabulates the protocol's results.csv files like the paper's tables (VTAB-1k, FGVC)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..data.registry import STAGES
+from ..protocol.report import build_tables, read_results, render_markdown, write_tables
+
+HELP = "tabulate results.csv files: Markdown and CSV tables and an accuracy-vs-parameters plot per benchmark"
+
+
+def add_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("results", nargs="+", type=Path, metavar="RESULTS.csv", help="results file(s) of the protocol")
+    parser.add_argument(
+        "--stage",
+        choices=STAGES,
+        default="final",
+        help="final: mean test top-1 over seeds; search: best validation top-1 over the grid (default: final)",
+    )
+    parser.add_argument("--out", type=Path, help="output folder (default: report/ beside the first results file)")
+
+
+def run(args: argparse.Namespace) -> int:
+    tables = build_tables(read_results(args.results), args.stage)
+    for table in tables:
+        print(render_markdown(table))
+        for warning in table.warnings:
+            print(f"wegeft-vision report: warning: {warning}", file=sys.stderr)
+    paths = write_tables(tables, args.out or args.results[0].parent / "report")
+    print("Wrote:")
+    for path in paths.values():
+        print(f"  {path}")
+    return 0

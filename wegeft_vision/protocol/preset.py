@@ -1,0 +1,159 @@
+"""Protocol presets (`configs/protocol/*.yaml`): the training recipe, the search length and each method's grid."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+KEYS = {"name", "base", "fit_config", "search_epochs", "final_includes_val", "seeds", "tasks", "synthetic", "methods"}
+KEYS = KEYS | {"overrides"}
+
+
+@dataclass(frozen=True)
+class MethodGrid:
+    """One method of a protocol: its preset file and the lr x weight-decay grid searched for it."""
+
+    config: Path
+    lr: tuple[float, ...]
+    weight_decay: tuple[float, ...]
+
+    @property
+    def points(self) -> list[tuple[float, float]]:
+        """The grid in search order: lr-major, as listed (also the tie-break order of the selection)."""
+        return [(lr, wd) for lr in self.lr for wd in self.weight_decay]
+
+
+@dataclass(frozen=True)
+class ProtocolPreset:
+    """A resolved protocol preset.
+
+    Attributes:
+        name: the preset's name, recorded in every result row.
+        path: the YAML file it came from.
+        fit_config: the LightningCLI config of the training recipe (`configs/fit/*.yaml`).
+        search_epochs: search runs stop after this many epochs of the full schedule.
+        final_includes_val: FGVC final runs train on train+val.
+        seeds: default seeds.
+        methods: method label -> grid.
+        tasks: default `benchmark/name` targets (the smoke preset's synthetic tasks).
+        synthetic: how to generate the synthetic tasks when no data root is given.
+        overrides: `section.key: value` settings applied on top of `fit_config`.
+    """
+
+    name: str
+    path: Path
+    fit_config: Path
+    search_epochs: int
+    final_includes_val: bool
+    seeds: tuple[int, ...]
+    methods: dict[str, MethodGrid]
+    tasks: tuple[str, ...] = ()
+    synthetic: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        """A digest of everything that changes a result: the recipe files, overrides, search length and grids."""
+        content = {
+            "fit_config": self.fit_config.read_text(),
+            "overrides": self.overrides,
+            "search_epochs": self.search_epochs,
+            "final_includes_val": self.final_includes_val,
+            "methods": {
+                label: [grid.config.read_text(), grid.lr, grid.weight_decay] for label, grid in self.methods.items()
+            },
+        }
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def preset_path(ref: str | Path) -> Path:
+    """A preset file from a path or a bundled preset's name (`paper`, `paper_text`, `smoke`)."""
+    path = Path(ref)
+    if path.suffix in (".yaml", ".yml"):
+        return path
+    bundled = CONFIG_DIR / "protocol" / f"{ref}.yaml"
+    if not bundled.is_file():
+        names = sorted(p.stem for p in (CONFIG_DIR / "protocol").glob("*.yaml"))
+        raise FileNotFoundError(f"no protocol preset {ref!r}; bundled presets: {', '.join(names)} (or a YAML path)")
+    return bundled
+
+
+def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"protocol preset {path} does not exist")
+    if path.resolve() in seen:
+        raise ValueError(f"protocol preset {path}: `base` chain loops back to itself")
+    raw = yaml.safe_load(path.read_text())
+    if not isinstance(raw, dict):
+        raise ValueError(f"protocol preset {path}: expected a mapping at the top level")
+    unknown = set(raw) - KEYS
+    if unknown:
+        raise ValueError(f"protocol preset {path}: unknown keys {sorted(unknown)}; expected {sorted(KEYS)}")
+    for key in ("fit_config",):
+        if key in raw:
+            raw[key] = (path.parent / raw[key]).resolve()
+    for grid in (raw.get("methods") or {}).values():
+        if isinstance(grid, dict) and "config" in grid:
+            grid["config"] = (path.parent / grid["config"]).resolve()
+    if "base" not in raw:
+        return raw
+    base = _read(path.parent / raw.pop("base"), (*seen, path.resolve()))
+    overrides = {**base.get("overrides", {}), **raw.pop("overrides", {})}
+    return {**base, **raw, "overrides": overrides}
+
+
+def _grid(where: str, label: str, raw: Any) -> MethodGrid:
+    if not isinstance(raw, dict) or set(raw) != {"config", "lr", "weight_decay"}:
+        raise ValueError(f"{where}: method {label!r} needs exactly `config`, `lr` and `weight_decay`")
+    if not raw["config"].is_file():
+        raise FileNotFoundError(f"{where}: method {label!r}: config {raw['config']} does not exist")
+    values = {}
+    for key in ("lr", "weight_decay"):
+        items = raw[key] if isinstance(raw[key], list) else [raw[key]]
+        if not items or not all(isinstance(v, int | float) and v >= 0 for v in items) or len(set(items)) != len(items):
+            raise ValueError(
+                f"{where}: method {label!r}: {key} should be distinct non-negative numbers, got {raw[key]}"
+            )
+        values[key] = tuple(float(v) for v in items)
+    return MethodGrid(raw["config"], values["lr"], values["weight_decay"])
+
+
+def load_preset(ref: str | Path) -> ProtocolPreset:
+    """Read a protocol preset (following its `base` chain), check it and resolve its paths.
+
+    Raises:
+        FileNotFoundError: the preset, its fit config or a method config does not exist.
+        ValueError: an unknown or missing key, or a malformed grid; the message names the file and the key.
+    """
+    path = preset_path(ref)
+    raw = _read(path)
+    where = f"protocol preset {path}"
+    for key in ("name", "fit_config", "search_epochs", "methods"):
+        if key not in raw:
+            raise ValueError(f"{where}: missing key {key!r}")
+    if not raw["fit_config"].is_file():
+        raise FileNotFoundError(f"{where}: fit_config {raw['fit_config']} does not exist")
+    if not isinstance(raw["search_epochs"], int) or raw["search_epochs"] < 1:
+        raise ValueError(f"{where}: search_epochs should be a positive integer, got {raw['search_epochs']!r}")
+    if not isinstance(raw["methods"], dict) or not raw["methods"]:
+        raise ValueError(f"{where}: methods should map labels to grids")
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
+        raise ValueError(f"{where}: seeds should be a list of integers, got {seeds!r}")
+    return ProtocolPreset(
+        name=str(raw["name"]),
+        path=path,
+        fit_config=raw["fit_config"],
+        search_epochs=raw["search_epochs"],
+        final_includes_val=bool(raw.get("final_includes_val", False)),
+        seeds=tuple(seeds),
+        methods={label: _grid(where, label, grid) for label, grid in raw["methods"].items()},
+        tasks=tuple(raw.get("tasks") or ()),
+        synthetic=dict(raw.get("synthetic") or {}),
+        overrides=dict(raw.get("overrides") or {}),
+    )

@@ -1,0 +1,338 @@
+"""Paper-style tables from the protocol's `results.csv` files: Markdown, CSV and an accuracy-vs-parameters plot.
+
+VTAB-1k columns follow the paper: the Natural, Specialized and Structured tasks, each group's mean, and `Mean`, the
+mean of the three group means. Tasks outside the registry (custom or synthetic data) are listed last, in no mean.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import statistics
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..data.registry import FGVC, FGVC_DATASETS, STAGES, VTAB1K, VTAB_TASKS, fgvc_dataset, vtab_task
+
+FLOAT_FIELDS = ("lr", "weight_decay", "top1")
+INT_FIELDS = ("seed", "epochs", "params")
+REQUIRED_COLUMNS = ("benchmark", "task", "method", "stage", *FLOAT_FIELDS, *INT_FIELDS, "backbone", "preset")
+DEDUP_KEY = ("benchmark", "task", "method", "stage", "seed", "lr", "weight_decay")
+BENCHMARK_TITLES = {VTAB1K: "VTAB-1k", FGVC: "FGVC"}
+STAGE_TITLES = {"final": "test top-1 (final)", "search": "best validation top-1 (search)"}
+VTAB_GROUPS = {"natural": "Natural", "specialized": "Specialized", "structured": "Structured"}
+MEAN = "Mean"
+PARAMS = "params (M)"
+PLOT_FLOOR = 1e-3  # millions of parameters; a linear probe (0) would vanish on a log axis
+_BENCHMARK_ALIASES = {"vtab-1k": VTAB1K, "vtab1k": VTAB1K, "vtab": VTAB1K, "fgvc": FGVC}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One table cell: the mean over seeds, the sample std (None for one seed and for averages of columns), seeds."""
+
+    mean: float
+    std: float | None = None
+    n: int = 1
+
+
+@dataclass
+class MethodRow:
+    """One method's line of a table; `cells` lacks the columns the method has no (complete) result for."""
+
+    method: str
+    params_m: float
+    n_seeds: int
+    cells: dict[str, Cell] = field(default_factory=dict)
+
+
+@dataclass
+class Table:
+    """One benchmark's table for one stage, with the notes and warnings that go under it."""
+
+    benchmark: str
+    stage: str
+    columns: list[str]
+    rows: list[MethodRow]
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        return f"{BENCHMARK_TITLES[self.benchmark]}: {STAGE_TITLES[self.stage]}"
+
+
+def read_results(paths: str | Path | Iterable[str | Path]) -> list[dict]:
+    """Read one or more results files, numbers parsed, keeping each row's file under the key `_file`.
+
+    Args:
+        paths: a results CSV file or several; the files' rows are concatenated in order.
+
+    Raises:
+        FileNotFoundError: a file does not exist.
+        ValueError: a file is empty or lacks a required column, or a row holds an unknown benchmark or a
+            numeric field that is not a (finite) number; the message names the file and line.
+    """
+    paths = [paths] if isinstance(paths, str | Path) else list(paths)
+    rows = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise FileNotFoundError(f"results file {path} not found")
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if not reader.fieldnames:
+                raise ValueError(f"results file {path} is empty (expected a header row: {', '.join(REQUIRED_COLUMNS)})")
+            missing = [name for name in REQUIRED_COLUMNS if name not in reader.fieldnames]
+            if missing:
+                raise ValueError(f"results file {path} lacks the column(s) {', '.join(missing)}")
+            rows.extend(_parse_row(row, path, reader.line_num) for row in reader)
+    return rows
+
+
+def _parse_row(row: dict, path: Path, line: int) -> dict:
+    where = f"{path}, line {line}"
+    parsed = {key: value for key, value in row.items() if key is not None}  # None holds surplus cells
+    benchmark = _BENCHMARK_ALIASES.get((row["benchmark"] or "").strip().lower())
+    if benchmark is None:
+        raise ValueError(f"{where}: unknown benchmark {row['benchmark']!r}; expected vtab-1k or fgvc")
+    parsed["benchmark"] = benchmark
+    for name in (*FLOAT_FIELDS, *INT_FIELDS):
+        text = (row[name] or "").strip()
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or (name in INT_FIELDS and not value.is_integer()):
+            kind = "an integer" if name in INT_FIELDS else "a number"
+            raise ValueError(f"{where}: column {name!r} should be {kind}, got {text!r}")
+        parsed[name] = int(value) if name in INT_FIELDS else value
+    parsed["_file"] = str(path)
+    return parsed
+
+
+def deduplicate(rows: list[dict]) -> list[dict]:
+    """Keep the last of the rows that share (benchmark, task, method, stage, seed, lr, weight_decay)."""
+    latest: dict[tuple, dict] = {}
+    for row in rows:
+        key = tuple(row[name] for name in DEDUP_KEY)
+        latest.pop(key, None)  # re-insert, so a re-run takes the position of its latest row
+        latest[key] = row
+    return list(latest.values())
+
+
+def build_tables(rows: list[dict], stage: str = "final") -> list[Table]:
+    """One table per benchmark present (VTAB-1k first), after deduplication.
+
+    Args:
+        rows: rows from `read_results`.
+        stage: `final` (per method and task, the mean over seeds of the test top-1; of several final rows for one
+            seed, the last) or `search` (per seed the best validation top-1 over the grid, then the mean over seeds).
+
+    Raises:
+        ValueError: an unknown stage, or no rows of that stage.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    staged = [row for row in deduplicate(rows) if row["stage"] == stage]
+    if not staged:
+        files = sorted({row["_file"] for row in rows if "_file" in row}) or ["the results"]
+        hint = "; try --stage search" if stage == "final" else ""
+        raise ValueError(f"no {stage} rows in {', '.join(files)} yet{hint}")
+    return [
+        _build_table([row for row in staged if row["benchmark"] == benchmark], benchmark, stage)
+        for benchmark in BENCHMARK_TITLES
+        if any(row["benchmark"] == benchmark for row in staged)
+    ]
+
+
+def _canonical(benchmark: str, task: str) -> tuple[str, bool]:
+    """The registry name of a task and whether it is in the registry (aliases resolve; unknown names stay)."""
+    try:
+        return (vtab_task(task) if benchmark == VTAB1K else fgvc_dataset(task)).name, True
+    except ValueError:
+        return task, False
+
+
+def _layout(benchmark: str, tasks: set[str]) -> tuple[list[str], dict[str, list[str]], list[str]]:
+    """Columns in display order, the averaged columns with their members (in computing order), and notes."""
+    unit = "tasks" if benchmark == VTAB1K else "datasets"
+    if benchmark == VTAB1K:
+        registry = {name: VTAB_GROUPS[task.group] for name, task in VTAB_TASKS.items()}
+        groups = {title: [name for name, group in registry.items() if group == title] for title in VTAB_GROUPS.values()}
+        averages = {title: [name for name in members if name in tasks] for title, members in groups.items()}
+        averages[MEAN] = list(VTAB_GROUPS.values())
+    else:
+        groups = {MEAN: list(FGVC_DATASETS)}
+        averages = {MEAN: [name for name in FGVC_DATASETS if name in tasks]}
+    columns, notes = [], []
+    for title, members in averages.items():
+        shown = [name for name in members if name in tasks or (name in averages and averages[name])]
+        if not shown:
+            continue
+        columns += [name for name in members if name in tasks] + [title]
+        if title in groups and len(shown) < len(groups[title]):
+            notes.append(f"{title} averages the {len(shown)} of {len(groups[title])} {unit} present here.")
+    if benchmark == VTAB1K and any(not averages[title] for title in VTAB_GROUPS.values()) and MEAN in columns:
+        notes.append(f"{MEAN} needs all three group means; a group without results leaves it empty.")
+    others = sorted(tasks - {name for members in groups.values() for name in members})
+    if others:
+        notes.append(f"Not in the registry, so in no mean: {', '.join(others)}.")
+    return columns + others, averages, notes
+
+
+def _build_table(rows: list[dict], benchmark: str, stage: str) -> Table:
+    per_seed: dict[str, dict[str, dict[int, float]]] = {}  # method -> task -> seed -> top-1
+    params: dict[str, list[int]] = {}
+    tasks, registered = set(), set()
+    for row in rows:
+        task, known = _canonical(benchmark, row["task"])
+        tasks.add(task)
+        if known:
+            registered.add(task)
+        scores = per_seed.setdefault(row["method"], {}).setdefault(task, {})
+        seed = row["seed"]
+        scores[seed] = max(scores[seed], row["top1"]) if stage == "search" and seed in scores else row["top1"]
+        params.setdefault(row["method"], []).append(row["params"])
+    columns, averages, notes = _layout(benchmark, tasks)
+    table_rows = []
+    for method, by_task in per_seed.items():
+        cells = {task: _cell(list(scores.values())) for task, scores in by_task.items()}
+        for title, members in averages.items():
+            if members and all(name in cells for name in members):
+                cells[title] = Cell(
+                    statistics.fmean(cells[name].mean for name in members), None, _min_n(cells, members)
+                )
+        seeds = {seed for scores in by_task.values() for seed in scores}
+        table_rows.append(MethodRow(method, statistics.fmean(params[method]) / 1e6, len(seeds), cells))
+        missing = [name for name in columns if name in tasks and name not in cells]
+        if missing:
+            notes.append(f"{method} has no result for {', '.join(missing)}.")
+    table = Table(benchmark, stage, columns, table_rows, notes)
+    for name in ("backbone", "preset"):
+        values = sorted({row[name] for row in rows if row[name]})
+        if len(values) > 1:
+            table.warnings.append(
+                f"{table.title} mixes {name}s {', '.join(values)}; these numbers are not comparable with each other."
+            )
+    return table
+
+
+def _cell(values: list[float]) -> Cell:
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return Cell(statistics.fmean(values), std, len(values))
+
+
+def _min_n(cells: dict[str, Cell], members: list[str]) -> int:
+    return min(cells[name].n for name in members)
+
+
+def _format_cell(cell: Cell | None) -> str:
+    if cell is None:
+        return "–"
+    return f"{cell.mean:.1f} ± {cell.std:.1f}" if cell.std is not None else f"{cell.mean:.1f}"
+
+
+def render_markdown(table: Table) -> str:
+    """The table as Markdown: a heading, one row per method (accuracies with 1 decimal), notes and warnings."""
+    header = ["method", PARAMS, *table.columns]
+    lines = [f"## {table.title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in table.rows:
+        cells = [row.method, f"{row.params_m:.3f}", *(_format_cell(row.cells.get(col)) for col in table.columns)]
+        lines.append("| " + " | ".join(cells) + " |")
+    seeds = sorted({row.n_seeds for row in table.rows})
+    lines += [
+        "",
+        f"Seeds per method: {', '.join(map(str, seeds))}"
+        + ("; cells read mean ± sample std." if seeds[-1] > 1 else "."),
+    ]
+    lines += [f"- {note}" for note in table.notes]
+    lines += [f"> **Warning:** {warning}" for warning in table.warnings]
+    return "\n".join(lines) + "\n"
+
+
+def table_records(table: Table) -> tuple[list[str], list[list]]:
+    """The CSV header and rows: method, params (M), n_seeds, then `<col>` and `<col>_std` at full precision."""
+    header = ["method", PARAMS, "n_seeds"] + [name for col in table.columns for name in (col, f"{col}_std")]
+    records = []
+    for row in table.rows:
+        record: list = [row.method, row.params_m, row.n_seeds]
+        for col in table.columns:
+            cell = row.cells.get(col)
+            record += ["", ""] if cell is None else [cell.mean, "" if cell.std is None else cell.std]
+        records.append(record)
+    return header, records
+
+
+def plot_accuracy_vs_params(table: Table, path: str | Path) -> list[str]:
+    """Scatter each method's `Mean` against its trainable parameters (log x) and save it as PNG.
+
+    Returns:
+        The methods left out because they have no `Mean`; the figure names them too.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend state
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    shown = [row for row in table.rows if MEAN in row.cells]
+    skipped = [row.method for row in table.rows if MEAN not in row.cells]
+    for row in shown:
+        x, y = max(row.params_m, PLOT_FLOOR), row.cells[MEAN].mean
+        ax.scatter([x], [y])
+        ax.annotate(row.method, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=9)
+    ax.set_xscale("log")
+    ax.margins(0.15)  # room for the labels of the outermost points
+    ax.set_xlabel(f"trainable parameters without head (M, log scale; below {PLOT_FLOOR:g} drawn at {PLOT_FLOOR:g})")
+    ax.set_ylabel(f"{MEAN} top-1 (%)")
+    ax.set_title(f"{BENCHMARK_TITLES[table.benchmark]} ({table.stage}): {MEAN} top-1 vs trainable parameters")
+    ax.grid(True, which="both", alpha=0.3)
+    if skipped:
+        ax.text(0.01, 0.01, f"no {MEAN} (not shown): {', '.join(skipped)}", transform=ax.transAxes, fontsize=8)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    _write_atomic(Path(path), buffer.getvalue())
+    return skipped
+
+
+def write_tables(tables: list[Table], out_dir: str | Path) -> dict[str, Path]:
+    """Write `<benchmark>_<stage>.md`, `.csv` and `_accuracy_vs_params.png` for each table, each atomically.
+
+    Returns:
+        The written paths, keyed by file name.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for table in tables:
+        stem = f"{table.benchmark}_{table.stage}"
+        md, csv_path, png = (out_dir / f"{stem}{suffix}" for suffix in (".md", ".csv", "_accuracy_vs_params.png"))
+        _write_atomic(md, render_markdown(table))
+        header, records = table_records(table)
+        text = io.StringIO(newline="")
+        csv.writer(text).writerows([header, *records])
+        _write_atomic(csv_path, text.getvalue())
+        plot_accuracy_vs_params(table, png)
+        paths.update({path.name: path for path in (md, csv_path, png)})
+    return paths
+
+
+def write_report(rows: list[dict], out_dir: str | Path, stage: str = "final") -> dict[str, Path]:
+    """Build the tables of `stage` from `rows` and write them to `out_dir` (see `build_tables`, `write_tables`)."""
+    return write_tables(build_tables(rows, stage), out_dir)
+
+
+def _write_atomic(path: Path, data: str | bytes) -> None:
+    """Write through a temporary file in the same folder, so readers never see a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,209 @@
+"""One training run of the protocol (a search grid point or a final run), resumable from its own folder.
+
+A run is a LightningCLI invocation built from the preset's fit config, so its `config.yaml` is the exact, replayable
+configuration (`wegeft-vision fit --config RUN/config.yaml`). Its folder holds `config.yaml`, `metrics.csv`,
+`checkpoints/last.ckpt` while it trains (trainable tensors + optimizer and scheduler state, saved every epoch) and
+`result.json` once done; a final run also keeps its adapter (`adapter.safetensors` + sidecar).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import warnings
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from ..data.registry import FGVC
+from ..methods import count_trainable
+
+RESULT_FILE = "result.json"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that defines one run; equal specs give equal results.
+
+    Attributes:
+        benchmark, task: the target (`vtab-1k`, `cifar`).
+        method: the method's label in the protocol preset; `method_config` its preset file.
+        stage: `search` (train -> val, stopped after `search_epochs`) or `final` (train(+val) -> test).
+        lr, weight_decay, seed: the grid point and the seed of data order, initialization and drop-path draws.
+        fit_config: the LightningCLI config of the training recipe; `overrides` `section.key: value` on top of it.
+        data_root: the folder holding one folder per task or dataset; `splits_dir` FGVC split files elsewhere.
+        manifest: a manifest file for a task outside the registry (synthetic or custom).
+        search_epochs: epochs of a search run (the schedule keeps its full length).
+        final_includes_val: FGVC final trains on train+val.
+        preset, fingerprint: the protocol preset's name and digest, recorded with the result.
+        devices: devices of the run (DDP over several, per-device batch = batch / devices).
+        progress: show Lightning's progress bar (rich when available).
+    """
+
+    benchmark: str
+    task: str
+    method: str
+    method_config: str
+    stage: str
+    lr: float
+    weight_decay: float
+    seed: int
+    fit_config: str
+    data_root: str
+    search_epochs: int
+    preset: str
+    fingerprint: str
+    splits_dir: str | None = None
+    manifest: str | None = None
+    final_includes_val: bool = False
+    overrides: dict[str, Any] = field(default_factory=dict)
+    devices: int = 1
+    progress: bool = False
+
+    def run_dir(self, out: Path) -> Path:
+        point = f"lr{self.lr:g}_wd{self.weight_decay:g}"
+        return out / "runs" / self.benchmark / self.task / self.method / f"seed{self.seed}" / self.stage / point
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that decide the result (not where or how it is displayed)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("progress",)}
+
+
+def _arguments(spec: RunSpec, run_dir: Path) -> list[str]:
+    root = Path(spec.data_root)
+    data_root = root / spec.task if spec.benchmark == FGVC else root
+    args = ["--config", spec.fit_config]
+    args += [f"--{key}={json.dumps(value)}" for key, value in spec.overrides.items()]
+    args += [
+        f"--model.method={spec.method_config}",
+        f"--model.lr={spec.lr!r}",
+        f"--model.weight_decay={spec.weight_decay!r}",
+        f"--seed_everything={spec.seed}",
+        f"--data.dataset={spec.benchmark}/{spec.task}",
+        f"--data.root={data_root}",
+        f"--data.stage={spec.stage}",
+        f"--data.seed={spec.seed}",
+        f"--data.final_includes_val={str(spec.final_includes_val).lower()}",
+        f"--trainer.default_root_dir={run_dir}",
+        "--trainer.limit_val_batches=0",  # nothing is evaluated while training; the stage's split once at the end
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.enable_model_summary=false",
+        f"--trainer.enable_progress_bar={str(spec.progress).lower()}",
+        "--trainer.logger="
+        + json.dumps(
+            {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(run_dir), "name": "", "version": ""},
+            }
+        ),
+        "--trainer.callbacks+="
+        + json.dumps(
+            {
+                "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                "init_args": {
+                    "dirpath": str(run_dir / "checkpoints"),
+                    "save_last": True,
+                    "save_top_k": 0,
+                    "save_on_train_epoch_end": True,
+                },
+            }
+        ),
+    ]
+    if spec.progress:
+        args.append("--trainer.callbacks+=lightning.pytorch.callbacks.RichProgressBar")
+    if spec.stage == "search":
+        args.append(f"--trainer.max_epochs={spec.search_epochs}")
+    if spec.splits_dir:
+        args.append(f"--data.splits_dir={spec.splits_dir}")
+    if spec.manifest:
+        args.append(f"--data.manifest={spec.manifest}")
+    if spec.devices > 1:
+        args += [f"--trainer.devices={spec.devices}", "--trainer.strategy=ddp_spawn"]
+    return args
+
+
+def cached_result(spec: RunSpec, out: Path) -> dict[str, Any] | None:
+    """The result of a run that already finished (its `result.json` written for this very spec), else None."""
+    path = spec.run_dir(out) / RESULT_FILE
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    return saved["row"] if saved.get("spec") == json.loads(json.dumps(spec.identity())) else None
+
+
+def train_run(spec: RunSpec, out: Path) -> dict[str, Any]:
+    """Train (or resume, or reuse) one run and return its results row (see `results.COLUMNS`)."""
+    if (row := cached_result(spec, out)) is not None:
+        return row
+    from ..cli.lightning import build_cli  # Lightning and jsonargparse only when something trains
+
+    for name in ("lightning.pytorch", "lightning.fabric"):  # one summary line per run instead of Lightning's banner
+        logging.getLogger(name).setLevel(logging.WARNING)
+    run_dir = spec.run_dir(out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # the protocol's own argv
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+        return _train(spec, out, run_dir, build_cli(_arguments(spec, run_dir)))
+
+
+def _train(spec: RunSpec, out: Path, run_dir: Path, cli: Any) -> dict[str, Any]:
+    model, data, trainer = cli.model, cli.datamodule, cli.trainer
+    global_batch = data.batch_size
+    if spec.devices > 1:
+        if data.batch_size % spec.devices:
+            raise ValueError(f"batch size {data.batch_size} does not split over {spec.devices} devices")
+        data.batch_size //= spec.devices  # the recipe's batch is the global one
+    last = run_dir / "checkpoints" / "last.ckpt"
+    trainer.fit(model, datamodule=data, ckpt_path=last if last.is_file() else None)
+    epochs, precision = trainer.max_epochs, str(trainer.precision)  # fit ran to the end (else it raised)
+    if spec.devices > 1:  # evaluate every sample exactly once: one device (a distributed sampler pads the split)
+        data.setup()
+        trainer = L.Trainer(
+            accelerator=trainer.accelerator,
+            devices=1,
+            precision=trainer.precision,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=spec.progress,
+            enable_model_summary=False,
+        )
+    trainer.limit_val_batches = 1.0
+    evaluate = trainer.validate if spec.stage == "search" else trainer.test
+    metrics = evaluate(model, datamodule=data, verbose=False)[0]
+    top1 = 100.0 * float(metrics["val/acc" if spec.stage == "search" else "test/acc"])
+    hp = model.hparams
+    row = {
+        "benchmark": spec.benchmark,
+        "task": spec.task,
+        "method": spec.method,
+        "stage": spec.stage,
+        "lr": spec.lr,
+        "weight_decay": spec.weight_decay,
+        "seed": spec.seed,
+        "epochs": epochs,
+        "top1": round(top1, 4),
+        "params": count_trainable(model.network),  # the head excluded, as in the paper's tables
+        "backbone": model.backbone_tag if hp.pretrained or hp.weights else model.network.default_cfg["architecture"],
+        "preset": spec.preset,
+        "schedule_epochs": hp.epochs,
+        "weights": hp.weights or ("pretrained" if hp.pretrained else "random"),
+        "preprocessing": data.preprocessing.preset,
+        "train_splits": "+".join(data.train_splits),
+        "eval_split": data.eval_split,
+        "eval_size": len(data.samples["eval"]),
+        "batch_size": global_batch,
+        "precision": precision,
+        "fingerprint": spec.fingerprint[:12],
+        "run_dir": str(run_dir.relative_to(out)),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if spec.stage == "final":
+        model.save_adapter(run_dir / "adapter.safetensors", extra={"result": row})
+    (run_dir / RESULT_FILE).write_text(json.dumps({"spec": spec.identity(), "row": row}, indent=1))
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # done: the optimizer state is no longer needed
+    return row
