@@ -192,3 +192,16 @@ def test_unknown_method_is_refused(tmp_path, capsys):
 
 def test_results_key_covers_the_grid_point():
     assert {"lr", "weight_decay", "seed", "stage", "method", "task"} <= set(KEY)
+
+
+def test_search_workers_then_protocol_on_a_journal_storage(tmp_path):
+    out, journal = tmp_path / "journal", tmp_path / "shared" / "studies.log"
+    journal.parent.mkdir()
+    options = [*SMOKE, "--out", str(out), "--storage", f"journal:{journal}", "--tasks", "vtab-1k/synthetic_shape"]
+    assert main(["search", *options, "--methods", "linear"]) == 0
+    assert {r["stage"] for r in rows_of(out)} == {"search"} and len(rows_of(out)) == 4
+    searched = {r["run_dir"]: os.stat(out / r["run_dir"] / "result.json").st_mtime_ns for r in rows_of(out)}
+    assert main(["protocol", *options, "--methods", "linear"]) == 0
+    assert [r["stage"] for r in rows_of(out)] == ["search"] * 4 + ["final"]
+    assert all(os.stat(out / d / "result.json").st_mtime_ns == t for d, t in searched.items())
+    assert journal.stat().st_size > 0 and not (out / "optuna.db").exists()
