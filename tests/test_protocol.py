@@ -205,3 +205,13 @@ def test_search_workers_then_protocol_on_a_journal_storage(tmp_path):
     assert [r["stage"] for r in rows_of(out)] == ["search"] * 4 + ["final"]
     assert all(os.stat(out / d / "result.json").st_mtime_ns == t for d, t in searched.items())
     assert journal.stat().st_size > 0 and not (out / "optuna.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("benchmark", "task", "message"), [("vtab-1k", "dtd", "tried dtd, textures"), ("fgvc", "cub", "cub")]
+)
+def test_missing_task_folders_fail_before_any_training(tmp_path, capsys, benchmark, task, message):
+    options = ["--benchmark", benchmark, "--tasks", task, "--data-root", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert main(["protocol", "--no-progress", *options]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o" / "results.csv").exists()

@@ -101,7 +101,12 @@ def _spawn_workers(args: argparse.Namespace) -> int:
             env["CUDA_VISIBLE_DEVICES"] = gpus[index]
         processes.append(subprocess.Popen([sys.executable, "-m", "wegeft_vision.cli", *argv], env=env))
     print(f"started {count} workers (pids {', '.join(str(p.pid) for p in processes)})", flush=True)
-    codes = [p.wait() for p in processes]
+    try:
+        codes = [p.wait() for p in processes]
+    except KeyboardInterrupt:  # the workers got the same Ctrl-C: they fail their trials and exit
+        codes = [p.wait() for p in processes]
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
     return max(codes)
 
 
@@ -180,7 +185,11 @@ def run(args: argparse.Namespace, stages: tuple[str, ...] = ("search", "final"))
         poll=args.poll,
         heartbeat=args.heartbeat,
     )
-    return protocol.run()
+    try:
+        return protocol.run()
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
 
 
 def run_search(args: argparse.Namespace) -> int:

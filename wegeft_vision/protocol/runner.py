@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from ..data.registry import FGVC_DATASETS, VTAB1K, VTAB_TASKS, parse_target
 from ..data.synthetic import TASKS as SYNTHETIC_TASKS
 from ..data.synthetic import write_synthetic
+from ..data.vtab1k import task_dir
 from .preset import ProtocolPreset
 from .results import append_rows
 from .runs import RunSpec, train_run
@@ -65,14 +66,21 @@ def resolve_tasks(benchmark: str | None, tasks: list[str] | None, preset: Protoc
 
 
 def prepare_data(pairs: list[tuple[str, str]], data_root: Path, preset: ProtocolPreset) -> dict[tuple[str, str], str]:
-    """Manifests of tasks outside the registry (`<root>/<task>/manifest.yaml`); writes missing synthetic tasks.
+    """Checks every task's folder; manifests of tasks outside the registry (`<root>/<task>/manifest.yaml`), writing
+    missing synthetic tasks.
 
     Raises:
-        FileNotFoundError: a task that is neither in the registry nor described by a manifest under the data root.
+        FileNotFoundError: a registry task without its folder, or a task that is neither in the registry nor described
+            by a manifest under the data root.
     """
     manifests = {}
     for benchmark, task in pairs:
-        if task in VTAB_TASKS or task in FGVC_DATASETS:
+        if task in VTAB_TASKS:
+            task_dir(data_root, task)  # fail before any training when a folder is missing
+            continue
+        if task in FGVC_DATASETS:
+            if not (data_root / task).is_dir():
+                raise FileNotFoundError(f"missing folder {data_root / task} for FGVC dataset {task} (link it there)")
             continue
         manifest = data_root / task / "manifest.yaml"
         kind = task.removeprefix(SYNTHETIC_PREFIX)
@@ -180,9 +188,10 @@ class Protocol:
 
     def _train(self, unit: Unit, stage: str):
         def train(point: tuple[float, float]) -> dict[str, Any]:
-            row = train_run(self.spec(unit, stage, point), self.out)
+            spec = self.spec(unit, stage, point)
+            row = train_run(spec, self.out)
             self.epochs_done += int(row["epochs"])
-            return row
+            return {**row, "spec": spec.identity()}  # the trial's full configuration, kept by Optuna (not the CSV)
 
         return train
 
