@@ -229,3 +229,14 @@ def test_a_run_on_two_processes_with_ddp(task_root, tmp_path):
     row = train_run(final_spec(task_root, devices=2), tmp_path)
     assert row["batch_size"] == 16 and row["epochs"] == 4 and row["eval_size"] == 24  # every test image once
     assert 0.0 <= row["top1"] <= 100.0
+
+
+def test_precision_option_reaches_the_trainer_and_the_row(task_root, tmp_path):
+    row = train_run(final_spec(task_root, overrides={"trainer.precision": "bf16-mixed"}), tmp_path)
+    assert row["precision"] == "bf16-mixed" and 0.0 <= row["top1"] <= 100.0
+
+
+def test_gpu_list_must_split_into_ddp_groups(tmp_path, capsys):
+    out = ["--config", "smoke", "--out", str(tmp_path), "--gpus", "0,1,2", "--devices", "2"]
+    assert main(["protocol", *out]) == 2
+    assert "does not split into workers of --devices 2" in capsys.readouterr().err

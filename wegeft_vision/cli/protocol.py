@@ -6,7 +6,7 @@
 
 Rerunning the same command resumes: finished runs are skipped, failed or interrupted ones redone. `--workers N`
 (or `--gpus 0,1,...`, one worker per GPU) starts N worker processes on one study storage; `--devices N` trains each
-run on N GPUs with DDP instead.
+run on N GPUs with DDP instead (with `--gpus`, one worker per group of N GPUs).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="run folder: results.csv, runs/, optuna.db")
     parser.add_argument("--storage", help="Optuna storage URL shared by workers (default: sqlite in OUT)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the study storage")
-    parser.add_argument("--gpus", help="comma-separated GPU ids, one worker process per GPU")
+    parser.add_argument("--gpus", help="comma-separated GPU ids: one worker per GPU (per --devices GPUs with DDP)")
     parser.add_argument("--devices", type=int, default=1, help="devices per run (Lightning DDP when more than one)")
     parser.add_argument("--backbone", help="timm architecture.tag (default: the recipe's)")
     parser.add_argument("--weights", help="local weights file of the backbone")
@@ -92,13 +92,16 @@ def _worker_argv(argv: list[str]) -> list[str]:
 
 def _spawn_workers(args: argparse.Namespace) -> int:
     gpus = [g for g in (args.gpus or "").split(",") if g]
-    count = len(gpus) or args.workers
+    if len(gpus) % args.devices:
+        raise ValueError(f"--gpus {args.gpus} does not split into workers of --devices {args.devices} GPUs each")
+    groups = [",".join(gpus[i : i + args.devices]) for i in range(0, len(gpus), args.devices)]
+    count = len(groups) or args.workers
     argv = _worker_argv(args.argv)
     processes = []
     for index in range(count):
         env = dict(os.environ)
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = gpus[index]
+        if groups:
+            env["CUDA_VISIBLE_DEVICES"] = groups[index]  # one worker per GPU, or per group of --devices GPUs
         processes.append(subprocess.Popen([sys.executable, "-m", "wegeft_vision.cli", *argv], env=env))
     print(f"started {count} workers (pids {', '.join(str(p.pid) for p in processes)})", flush=True)
     try:

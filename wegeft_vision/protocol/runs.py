@@ -77,7 +77,9 @@ def _arguments(spec: RunSpec, run_dir: Path) -> list[str]:
     root = Path(spec.data_root)
     data_root = root / spec.task if spec.benchmark == FGVC else root
     args = ["--config", spec.fit_config]
-    args += [f"--{key}={json.dumps(value)}" for key, value in spec.overrides.items()]
+    args += [
+        f"--{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in spec.overrides.items()
+    ]
     args += [
         f"--model.method={spec.method_config}",
         f"--model.lr={spec.lr!r}",
