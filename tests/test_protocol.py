@@ -215,3 +215,24 @@ def test_missing_task_folders_fail_before_any_training(tmp_path, capsys, benchma
     assert main(["protocol", "--no-progress", *options]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o" / "results.csv").exists()
+
+
+def test_an_interrupted_final_run_is_redone(smoke, tmp_path, monkeypatch):
+    from wegeft_vision.protocol import runner
+
+    train_run = runner.train_run
+
+    def interrupted_final(spec, out):
+        if spec.stage == "final":
+            raise KeyboardInterrupt
+        return train_run(spec, out)
+
+    options = ["protocol", *SMOKE, "--out", str(tmp_path), "--tasks", "vtab-1k/synthetic_shape", "--methods", "linear"]
+    monkeypatch.setattr(runner, "train_run", interrupted_final)
+    assert main(options) == 130
+    assert [r["stage"] for r in rows_of(tmp_path)] == ["search"] * 4
+    monkeypatch.setattr(runner, "train_run", train_run)
+    assert main(options) == 0
+    rows = rows_of(tmp_path)
+    assert [r["stage"] for r in rows] == ["search"] * 4 + ["final"]
+    assert rows[-1]["top1"] == finals(smoke)[("synthetic_shape", "linear")]["top1"]

@@ -147,6 +147,7 @@ class Protocol:
         self.started = time.monotonic()
         self.epochs_done = 0
         self._studies: dict[Unit, GridStudy] = {}
+        self._finals: dict[Unit, GridStudy] = {}
 
     def study_name(self, unit: Unit, stage: str) -> str:
         return f"{unit.benchmark}/{unit.task}/{unit.method}/seed{unit.seed}/{stage}@{self.fingerprint[:12]}"
@@ -181,7 +182,9 @@ class Protocol:
         return self._studies[unit]
 
     def final_study(self, unit: Unit, point: tuple[float, float]) -> GridStudy:
-        return GridStudy(self.storage, self.study_name(unit, "final"), [point], unit.seed)
+        if unit not in self._finals:
+            self._finals[unit] = GridStudy(self.storage, self.study_name(unit, "final"), [point], unit.seed)
+        return self._finals[unit]
 
     def record(self, row: dict[str, Any]) -> None:
         append_rows(self.results_file, [row])
@@ -256,6 +259,8 @@ class Protocol:
         if "final" not in self.stages:
             return "done"
         final = self.final_study(unit, self._selection(unit, search))
+        final.release_dead_workers()
+        final.retry_failed()  # an interrupted final run is redone (from its last checkpoint)
         while final.run_one(self._train(unit, "final"), self._announce):
             pass
         state = final.states()[final.points[0]]
