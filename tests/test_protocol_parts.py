@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import multiprocessing
 import shutil
 from pathlib import Path
@@ -220,6 +221,9 @@ def test_a_run_resumed_from_its_checkpoint_equals_an_uninterrupted_one(task_root
     b = load_file(run_dir / "adapter.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert train_run(spec, tmp_path / "cut") == resumed  # finished: the stored result, nothing trained
+    with (run_dir / "metrics.csv").open() as handle:  # the epochs before the interruption are kept
+        epochs = [int(r["epoch"]) for r in csv.DictReader(handle) if r.get("train/loss")]
+    assert epochs == [0, 1, 2, 3]
 
 
 @pytest.mark.slow

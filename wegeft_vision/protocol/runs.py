@@ -8,6 +8,8 @@ configuration (`wegeft-vision fit --config RUN/config.yaml`). Its folder holds `
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import shutil
@@ -18,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 
 from ..data.registry import FGVC
 from ..methods import count_trainable
 
 RESULT_FILE = "result.json"
+METRICS_FILE = "metrics.csv"
 
 
 @dataclass(frozen=True)
@@ -147,10 +151,30 @@ def train_run(spec: RunSpec, out: Path) -> dict[str, Any]:
         logging.getLogger(name).setLevel(logging.WARNING)
     run_dir = spec.run_dir(out)
     run_dir.mkdir(parents=True, exist_ok=True)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resumed_at = int(torch.load(last, map_location="cpu", weights_only=True)["epoch"]) if last.is_file() else 0
+    metrics = run_dir / METRICS_FILE
+    earlier = metrics.read_text() if metrics.is_file() else None  # CSVLogger deletes it when it starts
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # the protocol's own argv
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-        return _train(spec, out, run_dir, build_cli(_arguments(spec, run_dir)))
+        row = _train(spec, out, run_dir, build_cli(_arguments(spec, run_dir)))
+    if earlier and resumed_at:
+        _prepend_metrics(metrics, earlier, resumed_at)
+    return row
+
+
+def _prepend_metrics(path: Path, earlier: str, start_epoch: int) -> None:
+    """Put the epochs logged before an interruption back in front of those logged after resuming."""
+    old = [r for r in csv.DictReader(io.StringIO(earlier)) if r.get("epoch") and int(r["epoch"]) < start_epoch]
+    with path.open(newline="") as handle:
+        new = list(csv.DictReader(handle))
+    fields = list(dict.fromkeys(k for r in (*old, *new) for k in r))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows([*old, *new])
+    path.write_text(buffer.getvalue())
 
 
 def _train(spec: RunSpec, out: Path, run_dir: Path, cli: Any) -> dict[str, Any]:
