@@ -34,6 +34,16 @@ WORKER = f"{socket.gethostname()}:{os.getpid()}"
 logging.getLogger("optuna").setLevel(logging.WARNING)
 
 
+class _RaceNotice(logging.Filter):
+    """Drops GridSampler's warning about re-evaluating a point: such a trial is pruned here without training."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "re-evaluating a configuration" not in record.getMessage()
+
+
+logging.getLogger("optuna.samplers._grid").addFilter(_RaceNotice())
+
+
 def open_storage(url: str | None, out: Path, heartbeat: int = 60) -> BaseStorage:
     """The storage of the protocol's studies.
 
