@@ -12,7 +12,7 @@ import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 KEYS = {"name", "base", "fit_config", "search_epochs", "final_includes_val", "seeds", "tasks", "synthetic", "methods"}
-KEYS = KEYS | {"overrides"}
+KEYS |= {"overrides"}
 
 
 @dataclass(frozen=True)

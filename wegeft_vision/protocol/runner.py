@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -186,9 +186,6 @@ class Protocol:
             self._finals[unit] = GridStudy(self.storage, self.study_name(unit, "final"), [point], unit.seed)
         return self._finals[unit]
 
-    def record(self, row: dict[str, Any]) -> None:
-        append_rows(self.results_file, [row])
-
     def _train(self, unit: Unit, stage: str):
         def train(point: tuple[float, float]) -> dict[str, Any]:
             spec = self.spec(unit, stage, point)
@@ -230,7 +227,7 @@ class Protocol:
         return any(t.state == TrialState.COMPLETE for t in self.storage.get_all_trials(study_id, deepcopy=False))
 
     def _announce(self, row: dict[str, Any]) -> None:
-        self.record(row)
+        append_rows(self.results_file, [row])
         print(self.summary(row), flush=True)
 
     def _selection(self, unit: Unit, study: GridStudy) -> tuple[float, float]:
@@ -299,7 +296,7 @@ def expand_units(
 ) -> list[Unit]:
     """Units in task-major order: every method and seed of the first task before the next task."""
     return [
-        replace(Unit(benchmark, task, method, seed), manifest=manifests.get((benchmark, task)))
+        Unit(benchmark, task, method, seed, manifests.get((benchmark, task)))
         for benchmark, task in pairs
         for method in methods
         for seed in seeds
