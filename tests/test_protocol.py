@@ -67,6 +67,9 @@ def test_smoke_protocol_writes_one_row_per_run(smoke):
         assert all(r[column] != "" for r in rows), column
     assert {(r["benchmark"], r["task"]) for r in rows} == {("vtab-1k", "synthetic_shape"), ("fgvc", "synthetic_colour")}
     assert {r["preset"] for r in rows} == {"smoke"} and {r["weights"] for r in rows} == {"random"}
+    assert {r["preprocessing"] for r in rows} == {
+        "paper:resize32:size32:bicubic:crop1 mean=(0.5,0.5,0.5) std=(0.5,0.5,0.5)"
+    }
     assert {r["epochs"] for r in rows if r["stage"] == "search"} == {"2"}  # stopped early on the 4-epoch schedule
     assert {r["epochs"] for r in rows if r["stage"] == "final"} == {"4"}
     assert {r["schedule_epochs"] for r in rows} == {"4"}

@@ -164,6 +164,12 @@ def train_run(spec: RunSpec, out: Path) -> dict[str, Any]:
     return row
 
 
+def _preprocessing(prep: Any) -> str:
+    """The evaluation pipeline in one field, e.g. `paper:resize224:size224:bicubic:crop1 mean=(0.5,..) std=(..)`."""
+    numbers = {name: ",".join(f"{v:g}" for v in getattr(prep, name)) for name in ("mean", "std")}
+    return f"{prep.describe(train=False)} mean=({numbers['mean']}) std=({numbers['std']})"
+
+
 def _prepend_metrics(path: Path, earlier: str, start_epoch: int) -> None:
     """Put the epochs logged before an interruption back in front of those logged after resuming."""
     old = [r for r in csv.DictReader(io.StringIO(earlier)) if r.get("epoch") and int(r["epoch"]) < start_epoch]
@@ -218,7 +224,7 @@ def _train(spec: RunSpec, out: Path, run_dir: Path, cli: Any) -> dict[str, Any]:
         "preset": spec.preset,
         "schedule_epochs": hp.epochs,
         "weights": hp.weights or ("pretrained" if hp.pretrained else "random"),
-        "preprocessing": data.preprocessing.preset,
+        "preprocessing": _preprocessing(data.preprocessing),
         "train_splits": "+".join(data.train_splits),
         "eval_split": data.eval_split,
         "eval_size": len(data.samples["eval"]),
