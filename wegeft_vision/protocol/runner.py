@@ -116,7 +116,6 @@ class Protocol:
         stages: `("search",)` for search-only workers, or both stages.
         devices: devices per run (DDP when more than one).
         progress: Lightning progress bars.
-        overrides: `section.key: value` settings on top of the preset's recipe (`--set`).
         poll: seconds between checks while waiting for grid points other workers are training.
         heartbeat: seconds between trial heartbeats (RDB storages).
     """
@@ -132,17 +131,15 @@ class Protocol:
         stages: tuple[str, ...] = STAGES,
         devices: int = 1,
         progress: bool = True,
-        overrides: dict[str, Any] | None = None,
         poll: float = 30.0,
         heartbeat: int = 60,
     ) -> None:
         self.preset, self.units, self.out, self.stages = preset, units, out, stages
         self.data_root, self.splits_dir = data_root, splits_dir
         self.devices, self.progress, self.poll = devices, progress, poll
-        self.overrides = {**preset.overrides, **(overrides or {})}
         self.fingerprint = preset.fingerprint()
         self.storage = open_storage(storage, out, heartbeat)
-        self.schedule_epochs = int(self.overrides.get("model.epochs", recipe_value(preset, "model.epochs", 100)))
+        self.schedule_epochs = int(recipe_value(preset, "model.epochs", 100))
         self.results_file = out / "results.csv"
         self.started = time.monotonic()
         self.epochs_done = 0
@@ -170,7 +167,7 @@ class Protocol:
             splits_dir=str(self.splits_dir) if self.splits_dir else None,
             manifest=unit.manifest,
             final_includes_val=self.preset.final_includes_val,
-            overrides=self.overrides,
+            overrides=self.preset.overrides,  # in the preset, so that its fingerprint covers them
             devices=self.devices,
             progress=self.progress,
         )

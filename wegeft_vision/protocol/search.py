@@ -178,7 +178,6 @@ class GridStudy:
         """
         if not self.has_free_point():
             return False
-        finished: list[dict[str, Any]] = []
 
         def objective(trial: optuna.Trial) -> float:
             point = (trial.suggest_categorical("lr", self.lrs), trial.suggest_categorical("weight_decay", self.wds))
@@ -194,7 +193,6 @@ class GridStudy:
                 trial.set_user_attr("error", f"{type(error).__name__}: {error}"[:2000])
                 raise
             trial.set_user_attr("result", row)
-            finished.append(row)
             return float(row["top1"])
 
         def completed(study: optuna.Study, trial: FrozenTrial) -> None:
