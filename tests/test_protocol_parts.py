@@ -244,3 +244,12 @@ def test_gpu_list_must_split_into_ddp_groups(tmp_path, capsys):
     out = ["--config", "smoke", "--out", str(tmp_path), "--gpus", "0,1,2", "--devices", "2"]
     assert main(["protocol", *out]) == 2
     assert "does not split into workers of --devices 2" in capsys.readouterr().err
+
+
+def test_a_torn_checkpoint_restarts_the_run(task_root, tmp_path):
+    spec = final_spec(task_root)
+    whole = train_run(spec, tmp_path / "whole")
+    last = spec.run_dir(tmp_path / "torn") / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"PK\x03\x04 cut short")  # what a kill in the middle of a checkpoint write leaves
+    assert train_run(spec, tmp_path / "torn")["top1"] == whole["top1"]

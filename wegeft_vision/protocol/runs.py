@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import logging
+import os
 import shutil
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -152,7 +153,7 @@ def train_run(spec: RunSpec, out: Path) -> dict[str, Any]:
     run_dir = spec.run_dir(out)
     run_dir.mkdir(parents=True, exist_ok=True)
     last = run_dir / "checkpoints" / "last.ckpt"
-    resumed_at = int(torch.load(last, map_location="cpu", weights_only=True)["epoch"]) if last.is_file() else 0
+    resumed_at = _checkpoint_epoch(last)
     metrics = run_dir / METRICS_FILE
     earlier = metrics.read_text() if metrics.is_file() else None  # CSVLogger deletes it when it starts
     with warnings.catch_warnings():
@@ -162,6 +163,17 @@ def train_run(spec: RunSpec, out: Path) -> dict[str, Any]:
     if earlier and resumed_at:
         _prepend_metrics(metrics, earlier, resumed_at)
     return row
+
+
+def _checkpoint_epoch(last: Path) -> int:
+    """The epoch a run resumes at; a checkpoint torn by a kill while it was written is removed (the run restarts)."""
+    if not last.is_file():
+        return 0
+    try:
+        return int(torch.load(last, map_location="cpu", weights_only=True)["epoch"])
+    except (RuntimeError, EOFError, KeyError, OSError):
+        last.unlink()
+        return 0
 
 
 def _preprocessing(prep: Any) -> str:
@@ -236,6 +248,8 @@ def _train(spec: RunSpec, out: Path, run_dir: Path, cli: Any) -> dict[str, Any]:
     }
     if spec.stage == "final":
         model.save_adapter(run_dir / "adapter.safetensors", extra={"result": row})
-    (run_dir / RESULT_FILE).write_text(json.dumps({"spec": spec.identity(), "row": row}, indent=1))
+    partial = run_dir / f"{RESULT_FILE}.partial"  # a kill while writing must not leave half a result behind
+    partial.write_text(json.dumps({"spec": spec.identity(), "row": row}, indent=1))
+    os.replace(partial, run_dir / RESULT_FILE)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # done: the optimizer state is no longer needed
     return row
