@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import timm
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, mlp_ratio=2.0)
@@ -46,3 +48,13 @@ def randomize_trainable(model: nn.Module, seed: int = 2, std: float = 0.3) -> No
 
 def clone(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model)
+
+
+def fake_hub_cache(cache: Path, repo_id: str, tensors: dict[str, torch.Tensor]) -> None:
+    """The Hugging Face cache layout of a downloaded `model.safetensors`, as a first (online) run would leave it."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(repo / "snapshots" / commit / "model.safetensors"))

@@ -65,3 +65,14 @@ def test_bad_option_exits_non_zero(synthetic, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", *arguments(synthetic, tmp_path), "--model.lrr=0.1"])
     assert exit_info.value.code != 0
+
+
+def test_fit_on_a_folder_of_ones_own_by_its_path(synthetic, tmp_path):
+    folder = write_synthetic(tmp_path, "colour", {"train800": 16, "val200": 8, "test": 8}, size=32, name="mine")
+    (folder / "manifest.yaml").unlink()  # as a user's folder comes: the class count is read from the data
+    dataset_args = ("--data.dataset", "--data.root", "--data.manifest")
+    args = [a for a in arguments(synthetic, tmp_path) if not a.startswith(dataset_args)]
+    assert main(["fit", *args, f"--data.dataset={folder}", "--trainer.max_epochs=1"]) == 0
+    saved = torch.load(next(tmp_path.rglob("*.ckpt")), weights_only=True)
+    assert saved["hyper_parameters"]["num_classes"] == 6  # the six colours found in the split files
+    assert yaml.safe_load((folder / "manifest.yaml").read_text())["benchmark"] == "custom"

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import huggingface_hub.constants
 import pytest
+import timm
 import torch
-from conftest import clone, make_tiny_vit, randomize_trainable
+from conftest import TINY_VIT, clone, fake_hub_cache, make_tiny_vit, randomize_trainable
 from safetensors.torch import load_file, save_file
 
+from wegeft_vision.backbones import create_backbone, mini_vit, weights_source
 from wegeft_vision.methods import (
     BitFitConfig,
     FullFinetuneConfig,
@@ -17,6 +20,7 @@ from wegeft_vision.methods import (
     VPTConfig,
     WeGeFTConfig,
     inject,
+    load_adapted_model,
     load_adapter,
     method_config,
     read_adapter_meta,
@@ -62,6 +66,7 @@ def test_file_holds_only_trainable_tensors_and_sidecar_describes_them(tmp_path, 
     assert meta["backbone"] == {
         "architecture": "vit_base_patch16_224",
         "tag": "augreg2_in21k_ft_in1k",
+        "weights": None,  # built by timm directly: where its weights came from is not known
         "num_classes": 5,
         "overrides": {},
     }
@@ -126,3 +131,37 @@ def test_trainable_parameters_lists_shared_tensors_once(tiny_vit):
         "blocks.0.mlp.fc2.generator.phi",
         "blocks.0.mlp.fc2.generator.psi",
     ]
+
+
+@pytest.mark.parametrize("kind", ["random", "file", "shipped", "hub"])
+def test_sidecar_records_the_weights_source_and_loading_rebuilds_it_offline(kind, tmp_path, monkeypatch, images):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    name, options = "vit_base_patch16_224", dict(TINY_VIT)
+    if kind == "random":
+        backbone = create_backbone(name, num_classes=3, init_seed=11, **options)
+    elif kind == "file":
+        weights = tmp_path / "w.safetensors"
+        save_file({k: v.contiguous() for k, v in make_tiny_vit(seed=9).state_dict().items()}, str(weights))
+        backbone = create_backbone(name, num_classes=3, weights=weights, **options)
+    elif kind == "shipped":
+        name, options = mini_vit.NAME, {}
+        backbone = create_backbone(name, num_classes=3, pretrained=True)
+        images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    else:
+        name, options = "vit_tiny_patch16_224.augreg_in21k", dict(img_size=32, patch_size=8, depth=1)
+        fake_hub_cache(
+            tmp_path / "cache", f"timm/{name}", timm.create_model(name, num_classes=0, **options).state_dict()
+        )
+        backbone = create_backbone(name, num_classes=3, pretrained=True, **options)
+    model = inject(backbone, WeGeFTConfig(rank=4)).eval()
+    randomize_trainable(model)
+    path = save_adapter(model, tmp_path / "a.safetensors", backbone_overrides=options)
+    recorded = read_adapter_meta(path)["backbone"]["weights"]
+    assert recorded == weights_source(backbone) and recorded["kind"] == kind
+    loaded = load_adapted_model(path)  # only the hub kind reads the (offline) Hugging Face cache
+    torch.testing.assert_close(loaded(images), model(images), rtol=0, atol=0)
+    if kind == "file":
+        weights.write_bytes(b"changed")
+        with pytest.raises(ValueError, match=r"adapter .*a.safetensors: backbone weights .*w.safetensors have sha256"):
+            load_adapted_model(path)

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import huggingface_hub.constants
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -66,7 +67,7 @@ def test_smoke_protocol_writes_one_row_per_run(smoke):
     ):
         assert all(r[column] != "" for r in rows), column
     assert {(r["benchmark"], r["task"]) for r in rows} == {("vtab-1k", "synthetic_shape"), ("fgvc", "synthetic_colour")}
-    assert {r["preset"] for r in rows} == {"smoke"} and {r["weights"] for r in rows} == {"random"}
+    assert {r["preset"] for r in rows} == {"smoke"} and {r["weights"] for r in rows} == {"random:seed0"}
     assert {r["preprocessing"] for r in rows} == {
         "paper:resize32:size32:bicubic:crop1 mean=(0.5,0.5,0.5) std=(0.5,0.5,0.5)"
     }
@@ -119,6 +120,18 @@ def test_final_run_keeps_its_adapter(smoke):
     assert sidecar["config"]["method"] == "wegeft"
     assert sidecar["extra"]["result"]["top1"] == pytest.approx(float(final["top1"]))
     assert not (run / "checkpoints").exists()  # optimizer state dropped once the run is done
+
+
+def test_visualize_rebuilds_a_protocol_adapter_offline(smoke, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    run = smoke / finals(smoke)[("synthetic_shape", "wegeft")]["run_dir"]
+    assert json.loads((run / "adapter.json").read_text())["backbone"]["weights"] == {"kind": "random", "seed": 0}
+    args = ["visualize", "--adapter", str(run / "adapter.safetensors"), "--data-root", str(smoke / "data")]
+    args += ["--benchmark", "vtab-1k", "--task", "synthetic_shape", "--split", "test", "--limit", "4", "--score"]
+    assert main([*args, "--mosaic-images", "2", "--out", str(tmp_path / "maps")]) == 0  # no hub, no --random-weights
+    assert len(list((tmp_path / "maps" / "images").glob("*.png"))) == 4
+    assert "target: best block" in capsys.readouterr().out
 
 
 def test_report_prints_both_tables(smoke, capsys):

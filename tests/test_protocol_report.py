@@ -9,10 +9,10 @@ import pytest
 
 from wegeft_vision.cli import main
 from wegeft_vision.data.registry import FGVC_DATASETS, VTAB_TASKS
-from wegeft_vision.protocol.report import build_tables, read_results, render_markdown, write_report
+from wegeft_vision.protocol.report import build_tables, plot_points, read_results, render_markdown, write_report
 
 COLUMNS = ["benchmark", "task", "method", "stage", "lr", "weight_decay", "seed", "epochs", "top1", "params"]
-COLUMNS += ["backbone", "preset", "notes"]  # an extra column the report ignores
+COLUMNS += ["backbone", "preset", "notes", "group", "weights"]  # notes: an extra column the report ignores
 GROUPS = {
     g: [name for name, task in VTAB_TASKS.items() if task.group == g] for g in ("natural", "specialized", "structured")
 }
@@ -134,6 +134,48 @@ def test_synthetic_task_goes_to_other_and_into_no_mean(tmp_path):
     assert table.columns[-1] == "synthetic_shape" and table.columns.index("Structured") < len(table.columns) - 1
     group_means = [np.mean([vtab_scores(0)[t] for t in GROUPS[g]]) for g in GROUPS]
     assert by_method(table)["wegeft"].cells["Mean"].mean == pytest.approx(np.mean(group_means))
+
+
+def test_folder_tasks_get_their_own_table_with_group_means(tmp_path):
+    scores = {"digits": ("natural", 90.0), "flowers": ("natural", 70.0), "textures": ("specialized", 60.0)}
+    scores["shapes"] = ("structured", 40.0)
+    rows = [row(t, "wegeft", s, benchmark="custom", group=g) for t, (g, s) in scores.items()]
+    rows += [row(t, "linear", s - 10, benchmark="custom", group=g, params=0) for t, (g, s) in scores.items()]
+    rows += [row("cifar", "wegeft", 70.0)]
+    table = table_for(tmp_path, rows, benchmark="custom")
+    assert table.title == "Your tasks: test top-1 (final)"
+    assert table.columns == ["digits", "flowers", "Natural", "textures", "Specialized", "shapes", "Structured", "Mean"]
+    cells = by_method(table)["wegeft"].cells
+    assert cells["Natural"].mean == pytest.approx(80.0)
+    assert cells["Mean"].mean == pytest.approx((80.0 + 60.0 + 40.0) / 3)  # the mean of the group means
+    assert "cifar" not in table.columns  # the registry's tasks stay in the VTAB-1k table
+    label, points, skipped = plot_points(table)
+    assert label == "Mean top-1 (%)" and not skipped
+    assert points == {"wegeft": (pytest.approx(0.024576), pytest.approx(60.0)), "linear": (0.0, pytest.approx(50.0))}
+
+
+def test_folder_tasks_without_groups_average_over_tasks(tmp_path):
+    rows = [row("a", "wegeft", 80.0, benchmark="custom"), row("b", "wegeft", 60.0, benchmark="custom")]
+    table = table_for(tmp_path, rows, benchmark="custom")
+    assert table.columns == ["a", "b", "Mean"] and by_method(table)["wegeft"].cells["Mean"].mean == 70.0
+
+
+def test_plot_shows_every_method_for_tasks_outside_the_registry(tmp_path):
+    rows = [row("synthetic_shape", m, s, params=p) for m, s, p in (("wegeft", 60.0, 1024), ("linear", 40.0, 0))]
+    rows += [row("synthetic_count", m, s, params=p) for m, s, p in (("wegeft", 50.0, 1024), ("linear", 30.0, 0))]
+    rows += [row("synthetic_count", "lora", 20.0)]  # no result on synthetic_shape: left out, and named
+    table = table_for(tmp_path, rows)
+    label, points, skipped = plot_points(table)
+    assert label == "mean top-1 over synthetic_count, synthetic_shape (%)"
+    assert points == {"wegeft": (pytest.approx(0.001024), 55.0), "linear": (0.0, 35.0)} and skipped == ["lora"]
+
+
+def test_a_random_init_control_is_noted_not_warned(tmp_path):
+    rows = [row("cifar", "wegeft", 70.0, weights="shipped@abc")]
+    rows += [row("cifar", "linear_random", 20.0, backbone="vit_b", weights="random:seed0")]
+    table = table_for(tmp_path, rows)
+    assert not table.warnings
+    assert "On a randomly initialized backbone (a control, not compared for mixing): linear_random." in table.notes
 
 
 def test_mixed_backbones_warn(tmp_path):

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..data import check, fetch_fgvc_splits, parse_target, synthetic
+from ..data.folders import is_folder_ref
 from ..data.registry import FGVC, FGVC_DATASETS, VTAB_TASKS
 
 HELP = "list, fetch, check or generate benchmark data (VTAB-1k, FGVC, synthetic shapes)"
@@ -24,8 +25,12 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     fetch.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
 
     chk = sub.add_parser("check", help="verify a dataset on disk: layout, counts, checksums, images, labels")
-    chk.add_argument("target", help="vtab-1k/<task> or fgvc/<dataset> (aliases accepted)")
-    chk.add_argument("--root", type=Path, required=True, help="VTAB-1k: folder of task folders; FGVC: dataset root")
+    chk.add_argument(
+        "target",
+        help="vtab-1k/<task>, fgvc/<dataset> (aliases accepted), or a folder of your own (VTAB-1k or "
+        "ImageFolder layout; its manifest.yaml is written on first use)",
+    )
+    chk.add_argument("--root", type=Path, help="VTAB-1k: folder of task folders; FGVC: dataset root (not for a folder)")
     chk.add_argument("--splits", type=Path, help="FGVC: folder of the JSON split files (default: --root)")
     chk.add_argument("--manifest", type=Path, help="manifest file (required for a custom task or dataset)")
     chk.add_argument("--allow-count-mismatch", action="store_true", help="accept counts that differ from the manifest")
@@ -56,7 +61,8 @@ def _list() -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    parse_target(args.target, strict=args.manifest is None)
+    if not is_folder_ref(args.target):
+        parse_target(args.target, strict=args.manifest is None)
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers should be at least 1, got {args.workers}")
     report = check(

@@ -12,13 +12,16 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from ..data import load_manifest, read_manifest
 from ..data.datamodule import BenchmarkDataModule
+from ..data.folders import is_folder_ref, open_folder
 from ..training import ClassificationModule
 
 SUBCOMMANDS = ("fit", "validate", "test")
 
 
 def num_classes_of(dataset: str, manifest: str | None) -> int:
-    """Classes of `dataset` according to its manifest (the bundled one unless `manifest` is given)."""
+    """Classes of `dataset` according to its manifest (the bundled one unless `manifest` is given; a folder's own)."""
+    if is_folder_ref(dataset):
+        return open_folder(dataset).num_classes
     return (read_manifest(manifest) if manifest else load_manifest(dataset)).num_classes
 
 

@@ -6,9 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import data, params, protocol, report, search, visualize
+from . import data, demo, params, protocol, report, search, visualize
 
 COMMANDS = {
+    "demo": demo,
     "params": params,
     "data": data,
     "visualize": visualize,

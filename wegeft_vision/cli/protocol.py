@@ -42,10 +42,17 @@ def _setting(text: str) -> tuple[str, Any]:
 def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="paper", help="protocol preset: a name (paper, paper_text, smoke) or YAML")
     parser.add_argument("--benchmark", choices=("vtab-1k", "fgvc"), help="benchmark of the --tasks names")
-    parser.add_argument("--tasks", nargs="+", help="`all`, task names, or BENCHMARK/NAME (default: the preset's)")
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        help="`all`, task names, BENCHMARK/NAME, or folders of your own in the VTAB-1k or ImageFolder layout "
+        "(./path or /path; default: the preset's)",
+    )
     parser.add_argument("--methods", nargs="+", help="method labels of the preset (default: all of them)")
     parser.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the preset's)")
-    parser.add_argument("--data-root", type=Path, help="folder with one folder per task/dataset (synthetic: OUT/data)")
+    parser.add_argument(
+        "--data-root", type=Path, help="folder with one folder per task/dataset (synthetic: OUT/data; not for folders)"
+    )
     parser.add_argument("--splits-dir", type=Path, help="FGVC split files, if not inside the dataset folders")
     parser.add_argument("--out", type=Path, required=True, help="run folder: results.csv, runs/, optuna.db")
     parser.add_argument("--storage", help="Optuna storage URL shared by workers (default: sqlite in OUT)")
@@ -98,8 +105,10 @@ def _spawn_workers(args: argparse.Namespace) -> int:
     count = len(groups) or args.workers
     argv = _worker_argv(args.argv)
     processes = []
+    threads = str(max(1, (os.cpu_count() or 1) // count))
     for index in range(count):
         env = dict(os.environ)
+        env.setdefault("OMP_NUM_THREADS", threads)  # workers x threads = cores: oversubscribed CPUs crawl
         if groups:
             env["CUDA_VISIBLE_DEVICES"] = groups[index]  # one worker per GPU, or per group of --devices GPUs
         processes.append(subprocess.Popen([sys.executable, "-m", "wegeft_vision.cli", *argv], env=env))
@@ -153,12 +162,10 @@ def run(args: argparse.Namespace, stages: tuple[str, ...] = ("search", "final"))
             f"unknown method {unknown[0]!r} for preset {preset.name}; expected one of {list(preset.methods)}"
         )
     pairs = resolve_tasks(args.benchmark, _list(args.tasks), preset)
-    if args.data_root is None and not preset.synthetic:
-        raise ValueError("--data-root is required (the folder holding one folder per task or dataset)")
-    data_root = args.data_root or args.out / "data"
-    if not data_root.is_dir() and not preset.synthetic:
-        raise FileNotFoundError(f"--data-root {data_root} does not exist")
-    manifests = prepare_data(pairs, data_root, preset)
+    if args.data_root is not None and not args.data_root.is_dir():
+        raise FileNotFoundError(f"--data-root {args.data_root} does not exist")
+    data_root = args.data_root or (args.out / "data" if preset.synthetic else None)
+    tasks = prepare_data(pairs, data_root, preset)
     _check_protocol_file(
         args.out,
         {
@@ -174,7 +181,7 @@ def run(args: argparse.Namespace, stages: tuple[str, ...] = ("search", "final"))
         open_storage(args.storage, args.out, args.heartbeat)  # create the schema once, before the workers race to
         return _spawn_workers(args)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    units = expand_units(pairs, methods, list(args.seeds or preset.seeds), manifests)
+    units = expand_units(tasks, methods, list(args.seeds or preset.seeds))
     protocol = Protocol(
         preset,
         units,

@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader
 from ..backbones import data_config
 from ..data import ImageListDataset, load_fgvc_splits, load_vtab1k_split, preprocessing, read_manifest
 from ..data.fgvc import image_dir
-from ..data.registry import FGVC, VTAB1K, fgvc_dataset
+from ..data.folders import imagefolder_split, is_folder_ref, open_folder
+from ..data.registry import FGVC, IMAGEFOLDER, VTAB1K, fgvc_dataset
 from ..methods import load_adapted_model
 from ..viz import (
     CubParts,
@@ -52,13 +53,18 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", type=Path, required=True, help="adapter .safetensors (with its JSON sidecar)")
     parser.add_argument("--weights", type=Path, help="local backbone weights file instead of the pretrained tag's")
     parser.add_argument(
-        "--random-weights", action="store_true", help="create the backbone without pretrained weights (demos, tests)"
+        "--random-weights",
+        action="store_true",
+        help="random backbone weights, for an adapter whose sidecar records no weights source (older files)",
     )
-    source = parser.add_argument_group("images (give --images, or --data-root with --benchmark, --task, --split)")
+    source = parser.add_argument_group(
+        "images (give --images, or --data-root with --benchmark, --task, --split, or a task folder as --task with "
+        "--split)"
+    )
     source.add_argument("--images", type=Path, help="folder of image files (unlabelled)")
     source.add_argument("--data-root", type=Path, help="VTAB-1k root (folder of task folders) or FGVC dataset root")
     source.add_argument("--benchmark", choices=[VTAB1K, FGVC], help="layout of --data-root")
-    source.add_argument("--task", help="VTAB-1k task or FGVC dataset name")
+    source.add_argument("--task", help="VTAB-1k task or FGVC dataset name, or a task folder of your own (./path)")
     source.add_argument("--split", help="split to read, e.g. test (VTAB-1k) or val (FGVC)")
     source.add_argument("--splits", type=Path, help="FGVC: folder of the JSON split files (default: --data-root)")
     source.add_argument("--manifest", type=Path, help="FGVC: manifest of a custom dataset (for its image folder)")
@@ -69,6 +75,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     parser.add_argument("--threshold", type=float, default=0.5, help="normalized map values below it are zeroed")
     parser.add_argument("--mosaic-images", type=int, default=32, help="images per (block, cluster) mosaic")
+    parser.add_argument("--grids", type=int, help="per-image grids for the first N images only (default: every image)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument(
         "--score",
@@ -83,9 +90,12 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 def _check_args(args: argparse.Namespace) -> None:
     dataset_args = {"--benchmark": args.benchmark, "--task": args.task, "--split": args.split}
-    if (args.images is None) == (args.data_root is None):
+    if args.task is not None and is_folder_ref(args.task):
+        if args.images is not None or args.data_root is not None or args.split is None:
+            raise ValueError(f"--task {args.task} is a task folder: give --split, and neither --images nor --data-root")
+    elif (args.images is None) == (args.data_root is None):
         raise ValueError("give either --images DIR or --data-root DIR with --benchmark, --task and --split")
-    if args.data_root is not None:
+    elif args.data_root is not None:
         missing = [name for name, value in dataset_args.items() if value is None]
         if missing:
             raise ValueError(f"--data-root needs {', '.join(missing)}")
@@ -94,8 +104,9 @@ def _check_args(args: argparse.Namespace) -> None:
     for name, value in (("--limit", args.limit), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
             raise ValueError(f"{name} should be at least 1, got {value}")
-    if args.mosaic_images < 0:
-        raise ValueError(f"--mosaic-images should be at least 0, got {args.mosaic_images}")
+    for name, value in (("--mosaic-images", args.mosaic_images), ("--grids", args.grids)):
+        if value is not None and value < 0:
+            raise ValueError(f"{name} should be at least 0, got {value}")
     if not 0.0 <= args.threshold <= 1.0 or (args.score and args.threshold == 0.0):
         raise ValueError(f"--threshold should be in {'(0, 1]' if args.score else '[0, 1]'}, got {args.threshold}")
     if not args.adapter.is_file():
@@ -109,6 +120,14 @@ def list_items(args: argparse.Namespace) -> list[Item]:
             raise FileNotFoundError(f"image folder {args.images} does not exist")
         paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         items = [Item(p, None, p.stem) for p in paths]
+    elif args.task is not None and is_folder_ref(args.task):
+        folder = Path(args.task).expanduser()
+        manifest = open_folder(folder)
+        if manifest.format == IMAGEFOLDER:
+            samples = imagefolder_split(folder, args.split, manifest.classes)
+        else:
+            samples = load_vtab1k_split(folder.parent, folder.name, args.split)[0]
+        items = [Item(folder / rel, label, f"{i:05d}_{Path(rel).stem}") for i, (rel, label) in enumerate(samples)]
     elif args.benchmark == VTAB1K:
         samples, folder = load_vtab1k_split(args.data_root, args.task, args.split)
         items = [Item(folder / rel, label, f"{i:05d}_{Path(rel).stem}") for i, (rel, label) in enumerate(samples)]
@@ -203,7 +222,8 @@ def run(args: argparse.Namespace) -> int:
         batch_items = [item for item, k in zip(batch_items, keep.tolist(), strict=True) if k]
         batch_maps = cluster_heatmaps(model, images, layers=args.layers, threshold=None)
         shown = {i: m.masked_fill(m < args.threshold, 0) for i, m in batch_maps.items()}
-        for b, item in enumerate(batch_items):
+        grids = len(batch_items) if args.grids is None else max(0, min(len(batch_items), args.grids - len(kept)))
+        for b, item in enumerate(batch_items[:grids]):
             label = "" if item.label is None else f"label {item.label}, "
             save_heatmap_grid(
                 images[b],
@@ -222,7 +242,8 @@ def run(args: argparse.Namespace) -> int:
     if not kept:
         raise ValueError(f"none of the {len(items)} images is classified correctly; nothing to visualize")
     all_maps = {i: torch.cat(m) for i, m in maps.items()}
-    print(f"wrote {len(kept)} heatmap grids to {args.out / 'images'}")
+    grids = len(kept) if args.grids is None else min(len(kept), args.grids)
+    print(f"heatmaps of {len(kept)} images; wrote {grids} heatmap grids to {args.out / 'images'}")
 
     if args.mosaic_images > 0:
         inputs = torch.cat(mosaic_inputs)

@@ -118,7 +118,7 @@ class DecodedCache:
     def _build(self, path, meta_path, key, samples, geometry, size, dataset, split, geometry_name) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         shape = (len(samples), 3, size, size)
-        tmp = path.with_suffix(".u8.part")
+        tmp = path.with_suffix(f".u8.{os.getpid()}.part")  # workers may build the same entry at once
         store = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape) if len(samples) else None
 
         def fill(index: int) -> None:
@@ -143,7 +143,9 @@ class DecodedCache:
             "shape": list(shape),
             "labels": [int(label) for _, label in samples],
         }
-        meta_path.write_text(json.dumps(meta))
+        meta_tmp = meta_path.with_suffix(f".json.{os.getpid()}.part")
+        meta_tmp.write_text(json.dumps(meta))
+        meta_tmp.replace(meta_path)  # readers see the whole entry or none
 
 
 class CachedDataset(Dataset):

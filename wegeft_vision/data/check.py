@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import fgvc, vtab1k
+from .folders import imagefolder_split, is_folder_ref, listing_sha256, open_folder
 from .images import verify_image
 from .manifests import Manifest, load_manifest, read_manifest, sha256_of
-from .registry import FGVC, FGVC_SPLITS, VTAB1K, VTAB_SPLITS, parse_target
+from .registry import FGVC, FGVC_SPLITS, IMAGEFOLDER, IMAGEFOLDER_SPLITS, VTAB1K, VTAB_SPLITS, parse_target
 
 MISSING_FOLDER = "missing folder"
 MISSING_FILE = "missing file"
@@ -97,8 +98,8 @@ def _manifest_for(benchmark: str, name: str, manifest: Manifest | str | Path | N
         except ValueError as err:
             raise ValueError(f"{err}; for a custom dataset pass its manifest file (--manifest)") from None
         found = load_manifest(f"{benchmark}/{name}")
-    if found.benchmark != benchmark:
-        raise ValueError(f"manifest {found.path or found.name} describes a {found.benchmark} dataset, not {benchmark}")
+    if found.format != benchmark:
+        raise ValueError(f"manifest {found.path or found.name} describes a {found.format} dataset, not {benchmark}")
     return found
 
 
@@ -162,7 +163,7 @@ def check_vtab1k(
         workers: decoding threads.
     """
     manifest = _manifest_for(VTAB1K, task, manifest)
-    report = CheckReport(target=f"{VTAB1K}/{manifest.name}", root=Path(root))
+    report = CheckReport(target=f"{manifest.benchmark}/{manifest.name}", root=Path(root))
     try:
         folder = vtab1k.task_dir(root, manifest.name)
     except FileNotFoundError as err:
@@ -267,20 +268,76 @@ def check_fgvc(
     return report
 
 
+def check_imagefolder(
+    folder: str | Path,
+    manifest: Manifest,
+    allow_count_mismatch: bool = False,
+    verify_images: bool = True,
+    workers: int | None = None,
+) -> CheckReport:
+    """Check a folder in the ImageFolder layout against its manifest: class folders, counts, listings, images."""
+    folder = Path(folder)
+    report = CheckReport(target=f"{manifest.benchmark}/{manifest.name}", root=folder)
+    uses: dict[Path, list[SplitReport]] = defaultdict(list)
+    for split in IMAGEFOLDER_SPLITS:
+        entry = manifest.splits[split]
+        split_report = SplitReport(split, folder / entry.file, expected=entry.count)
+        report.splits.append(split_report)
+        try:
+            samples = imagefolder_split(folder, entry.file, manifest.classes)
+        except FileNotFoundError as err:
+            split_report.problems.append(Problem(MISSING_FOLDER, str(err)))
+            continue
+        except ValueError as err:
+            split_report.problems.append(Problem(UNKNOWN_LABEL, str(err)))
+            continue
+        split_report.count, split_report.num_classes = len(samples), len({label for _, label in samples})
+        _check_count(split_report, split_report.count, entry.count, "images", allow_count_mismatch)
+        if entry.sha256 and listing_sha256(samples) != entry.sha256 and split_report.count == entry.count:
+            split_report.problems.append(
+                Problem(CHECKSUM_MISMATCH, f"{split_report.file}: images were renamed or moved since {manifest.path}")
+            )
+        if verify_images:
+            _collect(uses, split_report, (folder / rel for rel, _ in samples))
+    _verify_images(uses, workers or default_workers())
+    return report
+
+
+def check_folder(
+    folder: str | Path, allow_count_mismatch: bool = False, verify_images: bool = True, workers: int | None = None
+) -> CheckReport:
+    """Check a task folder of one's own (VTAB-1k or ImageFolder layout) against `<folder>/manifest.yaml`, which is
+    written on first use (see `data.folders`)."""
+    folder = Path(folder).expanduser()
+    manifest = open_folder(folder)
+    options = dict(allow_count_mismatch=allow_count_mismatch, verify_images=verify_images, workers=workers)
+    if manifest.format == IMAGEFOLDER:
+        return check_imagefolder(folder, manifest, **options)
+    return check_vtab1k(folder.parent, folder.name, manifest=manifest, **options)
+
+
 def check(
     ref: str,
-    root: str | Path,
+    root: str | Path | None = None,
     splits_dir: str | Path | None = None,
     manifest: Manifest | str | Path | None = None,
     allow_count_mismatch: bool = False,
     verify_images: bool = True,
     workers: int | None = None,
 ) -> CheckReport:
-    """`check_vtab1k` or `check_fgvc` for a `benchmark/name` reference (`splits_dir` applies to FGVC only).
+    """`check_vtab1k` or `check_fgvc` for a `benchmark/name` reference (`splits_dir` applies to FGVC only), or
+    `check_folder` for a folder path.
 
     Raises:
-        ValueError: `splits_dir` given for a VTAB-1k task, or an unknown reference without a manifest.
+        ValueError: `splits_dir` given for a VTAB-1k task, an unknown reference without a manifest, or no `root` for
+            a reference that is not a folder.
     """
+    if is_folder_ref(ref):
+        if manifest is not None or splits_dir is not None:
+            raise ValueError(f"{ref} is a task folder: it holds its own manifest and splits (drop --manifest/--splits)")
+        return check_folder(ref, allow_count_mismatch, verify_images, workers)
+    if root is None:
+        raise ValueError(f"--root is required for {ref} (the folder that holds the data)")
     benchmark, name = parse_target(ref, strict=False)
     options = dict(manifest=manifest, allow_count_mismatch=allow_count_mismatch, verify_images=verify_images)
     if benchmark == VTAB1K:

@@ -15,9 +15,10 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from ..backbones import DEFAULT_BACKBONE
 from .cache import CachedDataset, DecodedCache
 from .fgvc import image_dir, load_fgvc_splits
+from .folders import imagefolder_split, is_folder_ref, open_folder
 from .images import ImageListDataset
 from .manifests import Manifest, load_manifest, read_manifest
-from .registry import VTAB1K, parse_target, protocol_splits
+from .registry import CUSTOM, IMAGEFOLDER, VTAB1K, parse_target, protocol_splits
 from .transforms import Preprocessing, backbone_data_config, preprocessing
 from .vtab1k import load_vtab1k_split
 
@@ -70,8 +71,9 @@ class BenchmarkDataModule(L.LightningDataModule):
     Lightning once a batch is on the training device) normalizes them there. Outside Lightning, call it yourself.
 
     Args:
-        dataset: `vtab-1k/<task>` or `fgvc/<dataset>` (aliases accepted; a custom name needs `manifest`).
-        root: VTAB-1k: the folder of task folders; FGVC: the dataset's root folder.
+        dataset: `vtab-1k/<task>` or `fgvc/<dataset>` (aliases accepted; a custom name needs `manifest`), or the path
+            of a folder of one's own (VTAB-1k or ImageFolder layout, see `data.folders`).
+        root: VTAB-1k: the folder of task folders; FGVC: the dataset's root folder; unused for a folder path.
         stage: `search` or `final`.
         splits_dir: FGVC: folder of the JSON split files (default: `root`).
         manifest: manifest file to use instead of the bundled one (expected counts and classes).
@@ -93,7 +95,7 @@ class BenchmarkDataModule(L.LightningDataModule):
     def __init__(
         self,
         dataset: str,
-        root: str | Path,
+        root: str | Path | None = None,
         stage: str = "search",
         splits_dir: str | Path | None = None,
         manifest: str | Path | None = None,
@@ -113,11 +115,19 @@ class BenchmarkDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.benchmark, self.name = parse_target(dataset, strict=manifest is None)
-        self.manifest: Manifest = read_manifest(manifest) if manifest else load_manifest(dataset)
+        if is_folder_ref(dataset):
+            folder = Path(dataset).expanduser()
+            self.manifest: Manifest = open_folder(folder)
+            self.benchmark, self.name, root = CUSTOM, self.manifest.name, folder.parent
+        else:
+            self.benchmark, self.name = parse_target(dataset, strict=manifest is None)
+            self.manifest = read_manifest(manifest) if manifest else load_manifest(dataset)
         if self.manifest.benchmark != self.benchmark:
             raise ValueError(f"manifest {manifest} describes a {self.manifest.benchmark} dataset, not {dataset}")
-        self.train_splits, self.eval_split = protocol_splits(self.benchmark, stage, final_includes_val)
+        if root is None:
+            raise ValueError(f"data root (--data.root) is required for {dataset}")
+        self.format = self.manifest.format
+        self.train_splits, self.eval_split = protocol_splits(self.format, stage, final_includes_val)
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size or 1)):
             if value < 1:
                 raise ValueError(f"{name} should be at least 1, got {value}")
@@ -125,7 +135,7 @@ class BenchmarkDataModule(L.LightningDataModule):
         self.stage = stage
         self.splits_dir = Path(splits_dir) if splits_dir else self.root
         config = data_config if data_config is not None else backbone_data_config(backbone)
-        self.preprocessing: Preprocessing = preprocessing(preset, config, self.benchmark)
+        self.preprocessing: Preprocessing = preprocessing(preset, config, self.format)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.pin_memory, self.seed, self.drop_last = num_workers, pin_memory, seed, drop_last
         self.allow_count_mismatch = allow_count_mismatch
@@ -140,10 +150,14 @@ class BenchmarkDataModule(L.LightningDataModule):
         return len(self.class_ids)
 
     def _read_split(self, split: str) -> Samples:
-        if self.benchmark == VTAB1K:
+        if self.format == VTAB1K:
             rel, folder = load_vtab1k_split(self.root, self.manifest.name, split)
             samples = [(folder / path, label) for path, label in rel]
             where = folder / self.manifest.splits[split].file
+        elif self.format == IMAGEFOLDER:
+            folder = self.root / self.manifest.name
+            samples = [(folder / rel, label) for rel, label in imagefolder_split(folder, split, self.manifest.classes)]
+            where = folder / split
         else:
             loaded = load_fgvc_splits(self.manifest.name, self.splits_dir, splits=(split,))
             self.class_ids = loaded.class_ids

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from .registry import FGVC, VTAB1K, parse_target, splits_of
+from .registry import CUSTOM, FGVC, IMAGEFOLDER, VTAB1K, parse_target, splits_of
 
 REPO_MANIFEST_DIR = Path(__file__).resolve().parents[2] / "data_splits"
 
@@ -45,10 +45,21 @@ class Manifest:
     aliases: tuple[str, ...] = ()
     source: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    layout: str = ""
+    classes: tuple[str, ...] = ()
+
+    @property
+    def format(self) -> str:
+        """The on-disk layout: the benchmark's own, or a custom folder's `layout` (`vtab-1k` or `imagefolder`)."""
+        return self.layout or self.benchmark
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML form (what `write_manifest` saves)."""
         out: dict[str, Any] = {"benchmark": self.benchmark, "name": self.name, "num_classes": self.num_classes}
+        if self.layout:
+            out["layout"] = self.layout
+        if self.classes:
+            out["classes"] = list(self.classes)
         if self.group:
             out["group"] = self.group
         if self.aliases:
@@ -85,14 +96,23 @@ def parse_manifest(raw: Any, where: str = "<memory>") -> Manifest:
         raise ValueError(f"manifest {where} should hold a mapping, got {type(raw).__name__}")
     benchmark = _field(raw, "benchmark", str, where)
     name, num_classes = _field(raw, "name", str, where), _field(raw, "num_classes", int, where)
-    expected_splits = splits_of(benchmark)
+    layout = raw.get("layout", "")
+    if benchmark == CUSTOM and layout not in (VTAB1K, IMAGEFOLDER):
+        raise ValueError(f"manifest {where}: a custom task needs `layout: {VTAB1K}` or `layout: {IMAGEFOLDER}`")
+    classes = tuple(str(c) for c in raw.get("classes") or ())
+    if classes and len(classes) != num_classes:
+        raise ValueError(f"manifest {where}: {len(classes)} class names for num_classes {num_classes}")
+    try:
+        expected_splits = splits_of(layout or benchmark)
+    except ValueError as err:
+        raise ValueError(f"manifest {where}: {err}") from None
     splits = {}
     for split, entry in _field(raw, "splits", dict, where).items():
         if split not in expected_splits:
             raise ValueError(f"manifest {where}: split {split!r} is not one of {', '.join(expected_splits)}")
         if not isinstance(entry, dict):
             raise ValueError(f"manifest {where}: split {split!r} should be a mapping, got {entry!r}")
-        default_file = f"{split}.txt" if benchmark == VTAB1K else f"{split}.json"
+        default_file = {VTAB1K: f"{split}.txt", FGVC: f"{split}.json", IMAGEFOLDER: split}[layout or benchmark]
         splits[split] = SplitEntry(
             name=split,
             file=str(entry.get("file", default_file)),
@@ -113,6 +133,8 @@ def parse_manifest(raw: Any, where: str = "<memory>") -> Manifest:
         group=raw.get("group"),
         aliases=tuple(raw.get("aliases", ())),
         source=dict(raw.get("source", {})),
+        layout=layout,
+        classes=classes,
     )
 
 

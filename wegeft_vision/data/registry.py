@@ -9,10 +9,14 @@ from dataclasses import dataclass, field
 
 VTAB1K = "vtab-1k"
 FGVC = "fgvc"
-BENCHMARKS = (VTAB1K, FGVC)
+CUSTOM = "custom"  # a user's own folder (`data.folders`), in the VTAB-1k or the ImageFolder layout
+BENCHMARKS = (VTAB1K, FGVC, CUSTOM)
+IMAGEFOLDER = "imagefolder"  # torchvision's layout: <folder>/{train,val,test}/<class>/<image>
+LAYOUTS = (VTAB1K, FGVC, IMAGEFOLDER)  # on-disk formats
 
 VTAB_SPLITS = ("train800", "val200", "train800val200", "test")
 FGVC_SPLITS = ("train", "val", "test")
+IMAGEFOLDER_SPLITS = ("train", "val", "test")
 VTAB_TRAIN_SIZES = {"train800": 800, "val200": 200, "train800val200": 1000}
 STAGES = ("search", "final")
 
@@ -124,7 +128,7 @@ def parse_target(ref: str, strict: bool = True) -> tuple[str, str]:
     """Split a `benchmark/name` reference such as `vtab-1k/cifar100` or `fgvc/cub` into canonical parts.
 
     Args:
-        ref: the reference, benchmark first (`vtab-1k`, `vtab1k`, `vtab` or `fgvc`).
+        ref: the reference, benchmark first (`vtab-1k`, `vtab1k`, `vtab`, `fgvc`, or `custom` for a user's folder).
         strict: resolve the name against the registry; with False an unknown name is kept as given
             (a custom task described by its own manifest, such as the synthetic data).
 
@@ -137,6 +141,10 @@ def parse_target(ref: str, strict: bool = True) -> tuple[str, str]:
         raise ValueError(f"dataset reference {ref!r} should read BENCHMARK/NAME, e.g. vtab-1k/cifar or fgvc/cub")
     if benchmark in ("vtab-1k", "vtab1k", "vtab"):
         benchmark = VTAB1K
+    elif benchmark == CUSTOM:
+        if strict:
+            raise ValueError(f"{ref!r} is a user's folder task: give its folder (or its manifest), not a name")
+        return benchmark, name
     elif benchmark != FGVC:
         raise ValueError(f"unknown benchmark {benchmark!r} in {ref!r}; expected one of {', '.join(BENCHMARKS)}")
     lookup = vtab_task if benchmark == VTAB1K else fgvc_dataset
@@ -148,23 +156,23 @@ def parse_target(ref: str, strict: bool = True) -> tuple[str, str]:
         return benchmark, name
 
 
-def splits_of(benchmark: str) -> tuple[str, ...]:
-    """The split names of a benchmark's on-disk format."""
-    if benchmark not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {', '.join(BENCHMARKS)}")
-    return VTAB_SPLITS if benchmark == VTAB1K else FGVC_SPLITS
+def splits_of(layout: str) -> tuple[str, ...]:
+    """The split names of an on-disk layout (`vtab-1k`, `fgvc` or `imagefolder`)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+    return {VTAB1K: VTAB_SPLITS, FGVC: FGVC_SPLITS, IMAGEFOLDER: IMAGEFOLDER_SPLITS}[layout]
 
 
-def protocol_splits(benchmark: str, stage: str, final_includes_val: bool = False) -> tuple[tuple[str, ...], str]:
+def protocol_splits(layout: str, stage: str, final_includes_val: bool = False) -> tuple[tuple[str, ...], str]:
     """Which splits train and which evaluates in a protocol stage.
 
-    search: VTAB-1k train800 -> val200, FGVC train -> val (hyper-parameter selection).
-    final: VTAB-1k train800val200 -> test, FGVC train -> test. The paper's text says the final FGVC run trains on
-    train+val, while the authors' code trains it on train only; the default follows the code and
-    `final_includes_val=True` follows the text.
+    search: VTAB-1k train800 -> val200, FGVC and ImageFolder train -> val (hyper-parameter selection).
+    final: VTAB-1k train800val200 -> test, FGVC train -> test, ImageFolder train+val -> test (as VTAB-1k: the final
+    model learns from every labelled image). The paper's text says the final FGVC run trains on train+val, while the
+    authors' code trains it on train only; the default follows the code and `final_includes_val=True` the text.
 
     Args:
-        benchmark: `vtab-1k` or `fgvc`.
+        layout: `vtab-1k`, `fgvc` or `imagefolder`.
         stage: `search` or `final`.
         final_includes_val: (FGVC final only) train on train+val.
 
@@ -173,9 +181,9 @@ def protocol_splits(benchmark: str, stage: str, final_includes_val: bool = False
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
-    splits_of(benchmark)
-    if benchmark == VTAB1K:
+    splits_of(layout)
+    if layout == VTAB1K:
         return (("train800",), "val200") if stage == "search" else (("train800val200",), "test")
     if stage == "search":
         return ("train",), "val"
-    return (("train", "val") if final_includes_val else ("train",)), "test"
+    return (("train", "val") if final_includes_val or layout == IMAGEFOLDER else ("train",)), "test"

@@ -1,4 +1,6 @@
-"""Deterministic synthetic shapes: textured backgrounds, 1-4 objects, per-pixel masks and labels for several tasks.
+"""Deterministic synthetic shapes: 1-4 objects with per-pixel masks and labels for several tasks, in two styles:
+`textured` (gradient and striped backgrounds, coloured objects) and `sprites` (as dSprites: white objects on black,
+the target larger, so that it spans several patches of a small ViT).
 
 Written to disk in the VTAB-1k layout (masks beside the images), so demos and tests go through the real loaders.
 """
@@ -30,6 +32,8 @@ MAX_OBJECTS = 4
 POSITION_BINS = 3  # the target's centre on a 3x3 grid
 # task -> number of classes; every label describes the target object (the largest), except `count`
 TASKS = {"shape": len(SHAPES), "colour": len(COLOURS), "position": POSITION_BINS**2, "count": MAX_OBJECTS}
+TARGET_RADIUS = {"textured": (0.14, 0.22), "sprites": (0.24, 0.32)}  # circumradius, as a share of the image side
+STYLES = tuple(TARGET_RADIUS)
 DEFAULT_COUNTS = {"train800": 800, "val200": 200, "test": 500}
 
 
@@ -95,19 +99,22 @@ def _place(rng: np.random.Generator, size: int, radii: list[float]) -> list[tupl
     return centres
 
 
-def render_scene(index: int, size: int = 64, seed: int = 0) -> Scene:
+def render_scene(index: int, size: int = 64, seed: int = 0, style: str = "textured") -> Scene:
     """Render scene `index` of the stream `seed`; the same arguments give the same pixels on every platform.
 
     Args:
         index: scene number.
         size: image side in pixels.
         seed: stream seed.
+        style: `textured` or `sprites` (white on black: the objects' colour names are drawn but not shown).
     """
+    if style not in STYLES:
+        raise ValueError(f"unknown scene style {style!r}; expected one of {', '.join(STYLES)}")
     rng = np.random.default_rng([seed, index])
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
-    image = _background(rng, xs, ys, size)
+    image = _background(rng, xs, ys, size) if style == "textured" else np.zeros((size, size, 3))
     count = int(rng.integers(1, MAX_OBJECTS + 1))
-    target_r = rng.uniform(0.14, 0.22) * size
+    target_r = rng.uniform(*TARGET_RADIUS[style]) * size
     radii = [target_r] + [target_r * rng.uniform(0.35, 0.6) for _ in range(count - 1)]
     names = list(COLOURS)
     objects = [
@@ -124,7 +131,8 @@ def render_scene(index: int, size: int = 64, seed: int = 0) -> Scene:
     mask = np.zeros((size, size), dtype=np.uint8)
     for k in range(count, 0, -1):  # the target (k = 1) last, so it stays whole
         inside = _shape_mask(objects[k - 1], xs, ys)
-        image[inside] = np.asarray(COLOURS[objects[k - 1].colour]) + rng.normal(0, 4, 3)
+        colour = np.asarray(COLOURS[objects[k - 1].colour]) + rng.normal(0, 4, 3)
+        image[inside] = colour if style == "textured" else 255.0
         mask[inside] = k
     target = objects[0]
     column = min(int(target.cx * POSITION_BINS / size), POSITION_BINS - 1)
@@ -152,8 +160,10 @@ def write_synthetic(
     size: int = 64,
     seed: int = 0,
     layout: str = VTAB1K,
+    name: str | None = None,
+    style: str = "textured",
 ) -> Path:
-    """Write a synthetic task in the VTAB-1k (or FGVC) layout and return its folder `<out>/synthetic_<task>/`.
+    """Write a synthetic task in the VTAB-1k (or FGVC) layout and return its folder `<out>/<name>/`.
 
     The folder holds `images/NNNNN.png`, `masks/NNNNN.png` (object ids as in `Scene.mask`), the split files,
     `scenes.json` (objects and labels of every task per image) and `manifest.yaml` (counts and classes, for
@@ -168,14 +178,19 @@ def write_synthetic(
         size: image side in pixels.
         seed: stream seed; scene numbers run on across splits.
         layout: `vtab-1k` or `fgvc`.
+        name: the folder's (and task's) name; default `synthetic_<task>`.
+        style: `textured` or `sprites` (see `render_scene`; its objects show no colour, so no `colour` task).
     """
+    if style == "sprites" and task == "colour":
+        raise ValueError("sprites scenes are white on black: their colour task has nothing to see")
     if layout not in (VTAB1K, FGVC):
         raise ValueError(f"unknown layout {layout!r}; expected {VTAB1K} or {FGVC}")
     counts = {**DEFAULT_COUNTS, **(counts or {})}
     unknown = set(counts) - set(DEFAULT_COUNTS)
     if unknown or any(n < 0 for n in counts.values()):
         raise ValueError(f"counts should map train800, val200, test to non-negative numbers, got {dict(counts)}")
-    name = task_name(task)
+    default = task_name(task)  # also checks the task
+    name = name or default
     folder = Path(out) / name
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "masks").mkdir(parents=True, exist_ok=True)
@@ -185,7 +200,7 @@ def write_synthetic(
     for split in ("train800", "val200", "test"):
         splits[split] = []
         for _ in range(counts[split]):
-            scene = render_scene(index, size, seed)
+            scene = render_scene(index, size, seed, style)
             rel = f"images/{index:05d}.png"
             Image.fromarray(scene.image).save(folder / rel, compress_level=1)
             Image.fromarray(scene.mask).save(folder / f"masks/{index:05d}.png", compress_level=1)
@@ -208,7 +223,7 @@ def write_synthetic(
         name=name,
         num_classes=TASKS[task],
         splits=entries,
-        source={"generator": "wegeft_vision.data.synthetic", "task": task, "size": size, "seed": seed},
+        source={"generator": "wegeft_vision.data.synthetic", "task": task, "size": size, "seed": seed, "style": style},
     )
     write_manifest(manifest, folder / "manifest.yaml", header=f"synthetic shapes, task {task}")
     return folder

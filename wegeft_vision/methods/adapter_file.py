@@ -1,7 +1,9 @@
 """Adapters on disk: a safetensors file of the trainable tensors (method + head) and a JSON sidecar beside it.
 
-The sidecar (`<name>.json`) records the method config, the backbone (timm architecture and pretrained tag) and the
-class count, so that `load_adapter` can rebuild the adapted model from a freshly created backbone.
+The sidecar (`<name>.json`) records the method config, the backbone (timm architecture, pretrained tag and where its
+weights came from: hub, shipped with this package, a local file with its sha256, or random init with its seed) and the
+class count, so that `load_adapted_model` can rebuild the very same adapted model, touching the network only for a hub
+source.
 """
 
 from __future__ import annotations
@@ -27,11 +29,14 @@ def sidecar_path(path: str | Path) -> Path:
 
 
 def backbone_info(model: nn.Module) -> dict[str, Any]:
-    """What identifies the backbone: timm architecture, pretrained tag and class count."""
+    """What identifies the backbone: timm architecture, pretrained tag, weights source and class count."""
+    from ..backbones import weights_source  # backbones knows nothing of adapters; the dependency points this way
+
     cfg = getattr(model, "pretrained_cfg", None) or {}
     return {
         "architecture": cfg.get("architecture"),
         "tag": cfg.get("tag"),
+        "weights": weights_source(model),
         "num_classes": int(getattr(model, "num_classes", 0)),
     }
 
@@ -139,24 +144,28 @@ def load_adapted_model(
 ) -> nn.Module:
     """Create the backbone recorded in the adapter's sidecar and put the adapter on it, in eval mode.
 
+    The backbone's weights come from where the sidecar says they came from (see `backbones.create_from_source`):
+    only a hub source touches the network; a recorded local file or the shipped weights must still have their sha256.
+
     Args:
         path: the adapter (.safetensors) with its sidecar.
-        weights: local backbone weights file instead of the tag's hub/cached weights.
-        pretrained: load the tag's pretrained weights (ignored with `weights`); False gives random weights.
+        weights: a local backbone weights file to use instead of the recorded source.
+        pretrained: for a sidecar that records no source (older files): load the tag's pretrained weights.
         overrides: architecture arguments that replace the recorded ones.
     """
-    from ..backbones import create_backbone  # backbones knows nothing of adapters; the dependency points this way
+    from ..backbones import create_backbone, create_from_source
 
     meta = read_adapter_meta(path)
     saved = meta["backbone"]
     if not saved.get("architecture"):
         raise ValueError(f"adapter {path} does not record its backbone architecture")
     name = saved["architecture"] + (f".{saved['tag']}" if saved.get("tag") else "")
-    model = create_backbone(
-        name,
-        num_classes=saved["num_classes"],
-        pretrained=pretrained and weights is None,
-        weights=weights,
-        **{**saved.get("overrides", {}), **overrides},
-    )
+    options = {"num_classes": saved["num_classes"], **saved.get("overrides", {}), **overrides}
+    if saved.get("weights") and weights is None:
+        try:
+            model = create_from_source(name, saved["weights"], **options)
+        except (ValueError, FileNotFoundError) as err:
+            raise type(err)(f"adapter {path}: {err}") from err
+    else:
+        model = create_backbone(name, pretrained=pretrained and weights is None, weights=weights, **options)
     return load_adapter(model, path).eval()

@@ -13,15 +13,18 @@ import yaml
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 KEYS = {"name", "base", "fit_config", "search_epochs", "final_includes_val", "seeds", "tasks", "synthetic", "methods"}
 KEYS |= {"overrides"}
+GRID_KEYS = {"config", "lr", "weight_decay", "overrides"}
 
 
 @dataclass(frozen=True)
 class MethodGrid:
-    """One method of a protocol: its preset file and the lr x weight-decay grid searched for it."""
+    """One method of a protocol: its preset file, the lr x weight-decay grid searched for it, and recipe settings
+    of its own (`section.key: value` over the preset's, e.g. `model.pretrained: false` for a random-init control)."""
 
     config: Path
     lr: tuple[float, ...]
     weight_decay: tuple[float, ...]
+    overrides: dict[str, Any] = field(default_factory=dict)
 
     @property
     def points(self) -> list[tuple[float, float]]:
@@ -65,7 +68,13 @@ class ProtocolPreset:
             "search_epochs": self.search_epochs,
             "final_includes_val": self.final_includes_val,
             "methods": {
-                label: [grid.config.read_text(), grid.lr, grid.weight_decay] for label, grid in self.methods.items()
+                label: [
+                    grid.config.read_text(),
+                    grid.lr,
+                    grid.weight_decay,
+                    *([grid.overrides] if grid.overrides else []),
+                ]
+                for label, grid in self.methods.items()
             },
         }
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
@@ -108,8 +117,13 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 
 def _grid(where: str, label: str, raw: Any) -> MethodGrid:
-    if not isinstance(raw, dict) or set(raw) != {"config", "lr", "weight_decay"}:
-        raise ValueError(f"{where}: method {label!r} needs exactly `config`, `lr` and `weight_decay`")
+    if not isinstance(raw, dict) or not {"config", "lr", "weight_decay"} <= set(raw) <= GRID_KEYS:
+        raise ValueError(
+            f"{where}: method {label!r} needs `config`, `lr` and `weight_decay` (and optionally `overrides`)"
+        )
+    overrides = raw.get("overrides") or {}
+    if not isinstance(overrides, dict) or not all(isinstance(k, str) and "." in k for k in overrides):
+        raise ValueError(f"{where}: method {label!r}: overrides should map `section.key` to values, got {overrides!r}")
     if not raw["config"].is_file():
         raise FileNotFoundError(f"{where}: method {label!r}: config {raw['config']} does not exist")
     values = {}
@@ -120,7 +134,7 @@ def _grid(where: str, label: str, raw: Any) -> MethodGrid:
                 f"{where}: method {label!r}: {key} should be distinct non-negative numbers, got {raw[key]}"
             )
         values[key] = tuple(float(v) for v in items)
-    return MethodGrid(raw["config"], values["lr"], values["weight_decay"])
+    return MethodGrid(raw["config"], values["lr"], values["weight_decay"], dict(overrides))
 
 
 def load_preset(ref: str | Path) -> ProtocolPreset:

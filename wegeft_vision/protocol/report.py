@@ -1,7 +1,9 @@
 """Paper-style tables from the protocol's `results.csv` files: Markdown, CSV and an accuracy-vs-parameters plot.
 
 VTAB-1k columns follow the paper: the Natural, Specialized and Structured tasks, each group's mean, and `Mean`, the
-mean of the three group means. Tasks outside the registry (custom or synthetic data) are listed last, in no mean.
+mean of the three group means. Tasks outside the registry given by name (synthetic data) are listed last, in no mean.
+Folders of one's own (benchmark `custom`) get a table of their own, grouped by their manifests' `group` when they have
+one (each group's mean, then `Mean` of the group means), else with `Mean` over the tasks.
 """
 
 from __future__ import annotations
@@ -16,19 +18,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data.registry import FGVC, FGVC_DATASETS, STAGES, VTAB1K, VTAB_TASKS, fgvc_dataset, vtab_task
+from ..data.registry import CUSTOM, FGVC, FGVC_DATASETS, STAGES, VTAB1K, VTAB_TASKS, fgvc_dataset, vtab_task
 
 FLOAT_FIELDS = ("lr", "weight_decay", "top1")
 INT_FIELDS = ("seed", "epochs", "params")
 REQUIRED_COLUMNS = ("benchmark", "task", "method", "stage", *FLOAT_FIELDS, *INT_FIELDS, "backbone", "preset")
 DEDUP_KEY = ("benchmark", "task", "method", "stage", "seed", "lr", "weight_decay")
-BENCHMARK_TITLES = {VTAB1K: "VTAB-1k", FGVC: "FGVC"}
+BENCHMARK_TITLES = {VTAB1K: "VTAB-1k", FGVC: "FGVC", CUSTOM: "Your tasks"}
 STAGE_TITLES = {"final": "test top-1 (final)", "search": "best validation top-1 (search)"}
 VTAB_GROUPS = {"natural": "Natural", "specialized": "Specialized", "structured": "Structured"}
 MEAN = "Mean"
 PARAMS = "params (M)"
 PLOT_FLOOR = 1e-3  # millions of parameters; a linear probe (0) would vanish on a log axis
-_BENCHMARK_ALIASES = {"vtab-1k": VTAB1K, "vtab1k": VTAB1K, "vtab": VTAB1K, "fgvc": FGVC}
+_BENCHMARK_ALIASES = {"vtab-1k": VTAB1K, "vtab1k": VTAB1K, "vtab": VTAB1K, "fgvc": FGVC, CUSTOM: CUSTOM}
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class Table:
     rows: list[MethodRow]
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
 
     @property
     def title(self) -> str:
@@ -98,7 +101,7 @@ def _parse_row(row: dict, path: Path, line: int) -> dict:
     parsed = {key: value for key, value in row.items() if key is not None}  # None holds surplus cells
     benchmark = _BENCHMARK_ALIASES.get((row["benchmark"] or "").strip().lower())
     if benchmark is None:
-        raise ValueError(f"{where}: unknown benchmark {row['benchmark']!r}; expected vtab-1k or fgvc")
+        raise ValueError(f"{where}: unknown benchmark {row['benchmark']!r}; expected vtab-1k, fgvc or {CUSTOM}")
     parsed["benchmark"] = benchmark
     for name in (*FLOAT_FIELDS, *INT_FIELDS):
         text = (row[name] or "").strip()
@@ -110,6 +113,7 @@ def _parse_row(row: dict, path: Path, line: int) -> dict:
             kind = "an integer" if name in INT_FIELDS else "a number"
             raise ValueError(f"{where}: column {name!r} should be {kind}, got {text!r}")
         parsed[name] = int(value) if name in INT_FIELDS else value
+    parsed["group"] = (row.get("group") or "").strip()  # files written before the column existed have none
     parsed["_file"] = str(path)
     return parsed
 
@@ -157,6 +161,22 @@ def _canonical(benchmark: str, task: str) -> tuple[str, bool]:
         return task, False
 
 
+def _custom_layout(groups: dict[str, str]) -> tuple[list[str], dict[str, list[str]], list[str]]:
+    """Columns of folder tasks: by group (VTAB-1k's group names first), each group's mean, then `Mean`."""
+    order = [*VTAB_GROUPS, *sorted(set(groups.values()) - set(VTAB_GROUPS) - {""}), ""]
+    present = [group for group in order if group in groups.values()]
+    if present == [""]:
+        tasks = sorted(groups)
+        return [*tasks, MEAN], {MEAN: tasks}, []
+    averages = {}
+    for group in present:
+        title = VTAB_GROUPS.get(group, group.capitalize() if group else "Ungrouped")
+        averages[title] = sorted(task for task, g in groups.items() if g == group)
+    columns = [name for title, members in averages.items() for name in (*members, title)]
+    averages[MEAN] = list(averages)
+    return [*columns, MEAN], averages, [f"{MEAN} is the mean of the group means."]
+
+
 def _layout(benchmark: str, tasks: set[str]) -> tuple[list[str], dict[str, list[str]], list[str]]:
     """Columns in display order, the averaged columns with their members (in computing order), and notes."""
     unit = "tasks" if benchmark == VTAB1K else "datasets"
@@ -187,17 +207,16 @@ def _layout(benchmark: str, tasks: set[str]) -> tuple[list[str], dict[str, list[
 def _build_table(rows: list[dict], benchmark: str, stage: str) -> Table:
     per_seed: dict[str, dict[str, dict[int, float]]] = {}  # method -> task -> seed -> top-1
     params: dict[str, list[int]] = {}
-    tasks, registered = set(), set()
+    tasks, groups = set(), {}
     for row in rows:
-        task, known = _canonical(benchmark, row["task"])
+        task = row["task"] if benchmark == CUSTOM else _canonical(benchmark, row["task"])[0]
         tasks.add(task)
-        if known:
-            registered.add(task)
+        groups[task] = row["group"]
         scores = per_seed.setdefault(row["method"], {}).setdefault(task, {})
         seed = row["seed"]
         scores[seed] = max(scores[seed], row["top1"]) if stage == "search" and seed in scores else row["top1"]
         params.setdefault(row["method"], []).append(row["params"])
-    columns, averages, notes = _layout(benchmark, tasks)
+    columns, averages, notes = _custom_layout(groups) if benchmark == CUSTOM else _layout(benchmark, tasks)
     table_rows = []
     for method, by_task in per_seed.items():
         cells = {task: _cell(list(scores.values())) for task, scores in by_task.items()}
@@ -211,14 +230,23 @@ def _build_table(rows: list[dict], benchmark: str, stage: str) -> Table:
         missing = [name for name in columns if name in tasks and name not in cells]
         if missing:
             notes.append(f"{method} has no result for {', '.join(missing)}.")
-    table = Table(benchmark, stage, columns, table_rows, notes)
+    table = Table(benchmark, stage, columns, table_rows, notes, tasks=[c for c in columns if c in tasks])
+    controls = sorted({row["method"] for row in rows if _random_init(row)})
+    if controls:
+        table.notes.append(
+            f"On a randomly initialized backbone (a control, not compared for mixing): {', '.join(controls)}."
+        )
     for name in ("backbone", "preset"):
-        values = sorted({row[name] for row in rows if row[name]})
+        values = sorted({row[name] for row in rows if row[name] and not (name == "backbone" and _random_init(row))})
         if len(values) > 1:
             table.warnings.append(
                 f"{table.title} mixes {name}s {', '.join(values)}; these numbers are not comparable with each other."
             )
     return table
+
+
+def _random_init(row: dict) -> bool:
+    return (row.get("weights") or "").startswith("random")
 
 
 def _cell(values: list[float]) -> Cell:
@@ -267,11 +295,31 @@ def table_records(table: Table) -> tuple[list[str], list[list]]:
     return header, records
 
 
+def plot_points(table: Table) -> tuple[str, dict[str, tuple[float, float]], list[str]]:
+    """What the accuracy-vs-parameters plot shows: its y label, {method: (params (M), accuracy)}, and the methods
+    left out. The accuracy is `Mean` where the table has it, else the mean over the table's tasks (synthetic or other
+    tasks outside the registry, which are in no `Mean`); a method without a result for some task is left out."""
+    points, skipped = {}, []
+    use_mean = any(MEAN in row.cells for row in table.rows)
+    for row in table.rows:
+        if use_mean:
+            value = row.cells[MEAN].mean if MEAN in row.cells else None
+        else:
+            scores = [row.cells[task].mean for task in table.tasks if task in row.cells]
+            value = statistics.fmean(scores) if scores and len(scores) == len(table.tasks) else None
+        if value is None:
+            skipped.append(row.method)
+        else:
+            points[row.method] = (row.params_m, value)
+    label = f"{MEAN} top-1 (%)" if use_mean else f"mean top-1 over {', '.join(table.tasks)} (%)"
+    return label, points, skipped
+
+
 def plot_accuracy_vs_params(table: Table, path: str | Path) -> list[str]:
-    """Scatter each method's `Mean` against its trainable parameters (log x) and save it as PNG.
+    """Scatter each method's accuracy (see `plot_points`) against its trainable parameters (log x); save as PNG.
 
     Returns:
-        The methods left out because they have no `Mean`; the figure names them too.
+        The methods left out; the figure names them too.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend state
     from matplotlib.figure import Figure
@@ -279,20 +327,19 @@ def plot_accuracy_vs_params(table: Table, path: str | Path) -> list[str]:
     fig = Figure(figsize=(6.4, 4.8), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    shown = [row for row in table.rows if MEAN in row.cells]
-    skipped = [row.method for row in table.rows if MEAN not in row.cells]
-    for row in shown:
-        x, y = max(row.params_m, PLOT_FLOOR), row.cells[MEAN].mean
-        ax.scatter([x], [y])
-        ax.annotate(row.method, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=9)
+    label, points, skipped = plot_points(table)
+    for method, (params_m, accuracy) in points.items():
+        x = max(params_m, PLOT_FLOOR)
+        ax.scatter([x], [accuracy])
+        ax.annotate(method, (x, accuracy), textcoords="offset points", xytext=(4, 4), fontsize=9)
     ax.set_xscale("log")
     ax.margins(0.15)  # room for the labels of the outermost points
     ax.set_xlabel(f"trainable parameters without head (M, log scale; below {PLOT_FLOOR:g} drawn at {PLOT_FLOOR:g})")
-    ax.set_ylabel(f"{MEAN} top-1 (%)")
-    ax.set_title(f"{BENCHMARK_TITLES[table.benchmark]} ({table.stage}): {MEAN} top-1 vs trainable parameters")
+    ax.set_ylabel(label)
+    ax.set_title(f"{BENCHMARK_TITLES[table.benchmark]} ({table.stage}): top-1 vs trainable parameters")
     ax.grid(True, which="both", alpha=0.3)
     if skipped:
-        ax.text(0.01, 0.01, f"no {MEAN} (not shown): {', '.join(skipped)}", transform=ax.transAxes, fontsize=8)
+        ax.text(0.01, 0.01, f"missing results (not shown): {', '.join(skipped)}", transform=ax.transAxes, fontsize=8)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     _write_atomic(Path(path), buffer.getvalue())

@@ -13,6 +13,7 @@ from typing import Any
 COLUMNS = (
     "benchmark",
     "task",
+    "group",
     "method",
     "stage",
     "lr",

@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 from optuna.trial import TrialState
 
-from ..data.registry import FGVC_DATASETS, VTAB1K, VTAB_TASKS, parse_target
+from ..data.folders import MANIFEST_FILE, is_folder_ref, open_folder
+from ..data.registry import CUSTOM, FGVC_DATASETS, VTAB1K, VTAB_TASKS, parse_target
 from ..data.synthetic import TASKS as SYNTHETIC_TASKS
 from ..data.synthetic import write_synthetic
 from ..data.vtab1k import task_dir
@@ -31,6 +32,16 @@ SYNTHETIC_PREFIX = "synthetic_"
 
 
 @dataclass(frozen=True)
+class TaskData:
+    """Where a task's data lies: its manifest when it is not in the registry, its folder when it is one's own."""
+
+    benchmark: str
+    task: str
+    manifest: str | None = None
+    data_root: str | None = None
+
+
+@dataclass(frozen=True)
 class Unit:
     """One (benchmark, task, method, seed): a search study, then a final run."""
 
@@ -39,6 +50,7 @@ class Unit:
     method: str
     seed: int
     manifest: str | None = None
+    data_root: str | None = None
 
     @property
     def label(self) -> str:
@@ -46,7 +58,8 @@ class Unit:
 
 
 def resolve_tasks(benchmark: str | None, tasks: list[str] | None, preset: ProtocolPreset) -> list[tuple[str, str]]:
-    """`(benchmark, task)` pairs from `--benchmark`/`--tasks` (`all`, names or `benchmark/name`), else the preset's."""
+    """`(benchmark, task)` pairs from `--benchmark`/`--tasks` (`all`, names, `benchmark/name`, or folders of one's own:
+    `("custom", absolute folder path)`), else the preset's."""
     if not tasks:
         if not preset.tasks:
             raise ValueError(f"no --tasks given and preset {preset.name!r} names none")
@@ -58,6 +71,9 @@ def resolve_tasks(benchmark: str | None, tasks: list[str] | None, preset: Protoc
         return [parse_target(f"{benchmark}/{name}") for name in names]
     pairs = []
     for task in tasks:
+        if is_folder_ref(task):
+            pairs.append((CUSTOM, str(Path(task).expanduser().resolve())))
+            continue
         ref = task if "/" in task else f"{benchmark}/{task}" if benchmark else None
         if ref is None:
             raise ValueError(f"task {task!r} needs --benchmark (or write it as BENCHMARK/NAME)")
@@ -65,22 +81,35 @@ def resolve_tasks(benchmark: str | None, tasks: list[str] | None, preset: Protoc
     return list(dict.fromkeys(pairs))
 
 
-def prepare_data(pairs: list[tuple[str, str]], data_root: Path, preset: ProtocolPreset) -> dict[tuple[str, str], str]:
-    """Checks every task's folder; manifests of tasks outside the registry (`<root>/<task>/manifest.yaml`), writing
-    missing synthetic tasks.
+def prepare_data(pairs: list[tuple[str, str]], data_root: Path | None, preset: ProtocolPreset) -> list[TaskData]:
+    """Checks every task's data before any training: registry folders under the data root, manifests of other tasks
+    (`<root>/<task>/manifest.yaml`, synthetic tasks written when missing), folders of one's own (their manifest
+    written on first use).
 
     Raises:
         FileNotFoundError: a registry task without its folder, or a task that is neither in the registry nor described
-            by a manifest under the data root.
+            by a manifest under the data root, or a folder that holds no known layout.
+        ValueError: two task folders of the same name.
     """
-    manifests = {}
+    prepared: list[TaskData] = []
     for benchmark, task in pairs:
+        if benchmark == CUSTOM:
+            manifest = open_folder(task)
+            clash = [t for t in prepared if t.benchmark == CUSTOM and t.task == manifest.name]
+            if clash:
+                raise ValueError(f"task folders {clash[0].data_root} and {task} share the name {manifest.name!r}")
+            prepared.append(TaskData(CUSTOM, manifest.name, str(Path(task) / MANIFEST_FILE), task))
+            continue
+        if data_root is None:
+            raise ValueError(f"--data-root is required for {benchmark}/{task} (the folder holding its folder)")
         if task in VTAB_TASKS:
             task_dir(data_root, task)  # fail before any training when a folder is missing
+            prepared.append(TaskData(benchmark, task))
             continue
         if task in FGVC_DATASETS:
             if not (data_root / task).is_dir():
                 raise FileNotFoundError(f"missing folder {data_root / task} for FGVC dataset {task} (link it there)")
+            prepared.append(TaskData(benchmark, task))
             continue
         manifest = data_root / task / "manifest.yaml"
         kind = task.removeprefix(SYNTHETIC_PREFIX)
@@ -89,8 +118,8 @@ def prepare_data(pairs: list[tuple[str, str]], data_root: Path, preset: Protocol
             write_synthetic(data_root, kind, options.get("counts"), options.get("size", 64), 0, layout=benchmark)
         if not manifest.is_file():
             raise FileNotFoundError(f"task {benchmark}/{task} is not in the registry and {manifest} does not exist")
-        manifests[(benchmark, task)] = str(manifest)
-    return manifests
+        prepared.append(TaskData(benchmark, task, str(manifest)))
+    return prepared
 
 
 def recipe_value(preset: ProtocolPreset, key: str, default: Any) -> Any:
@@ -110,7 +139,7 @@ class Protocol:
         preset: the protocol preset.
         units: the (benchmark, task, method, seed) combinations.
         out: the run folder (results.csv, protocol.json, runs/, and optuna.db by default).
-        data_root: the folder holding one folder per task or dataset.
+        data_root: the folder holding one folder per task or dataset (None when every task is a folder of its own).
         splits_dir: FGVC split files, if not inside the dataset folders.
         storage: Optuna storage URL (default: SQLite in `out`).
         stages: `("search",)` for search-only workers, or both stages.
@@ -125,7 +154,7 @@ class Protocol:
         preset: ProtocolPreset,
         units: list[Unit],
         out: Path,
-        data_root: Path,
+        data_root: Path | None,
         splits_dir: Path | None = None,
         storage: str | None = None,
         stages: tuple[str, ...] = STAGES,
@@ -150,24 +179,25 @@ class Protocol:
         return f"{unit.benchmark}/{unit.task}/{unit.method}/seed{unit.seed}/{stage}@{self.fingerprint[:12]}"
 
     def spec(self, unit: Unit, stage: str, point: tuple[float, float]) -> RunSpec:
+        grid = self.preset.methods[unit.method]
         return RunSpec(
             benchmark=unit.benchmark,
             task=unit.task,
             method=unit.method,
-            method_config=str(self.preset.methods[unit.method].config),
+            method_config=str(grid.config),
             stage=stage,
             lr=point[0],
             weight_decay=point[1],
             seed=unit.seed,
             fit_config=str(self.preset.fit_config),
-            data_root=str(self.data_root),
+            data_root=unit.data_root or str(self.data_root),
             search_epochs=self.preset.search_epochs,
             preset=self.preset.name,
             fingerprint=self.fingerprint,
             splits_dir=str(self.splits_dir) if self.splits_dir else None,
             manifest=unit.manifest,
             final_includes_val=self.preset.final_includes_val,
-            overrides=self.preset.overrides,  # in the preset, so that its fingerprint covers them
+            overrides={**self.preset.overrides, **grid.overrides},  # in the preset: its fingerprint covers them
             devices=self.devices,
             progress=self.progress,
         )
@@ -271,12 +301,15 @@ class Protocol:
         print(self.summary(), flush=True)
         pending = list(self.units)
         failed: list[Unit] = []
+        announced = 0
         while pending:
             states = {unit: self.step(unit) for unit in pending}
             failed += [u for u, s in states.items() if s == "failed"]
             pending = [u for u, s in states.items() if s == "waiting"]
             if pending:
-                print(f"waiting for {len(pending)} unit(s) trained by other workers; next check in {self.poll:g} s")
+                if len(pending) != announced:  # once per change, not once per poll
+                    print(f"waiting for {len(pending)} unit(s) that other workers train (checks every {self.poll:g} s)")
+                    announced = len(pending)
                 time.sleep(self.poll)
                 for unit in pending:
                     self.search_study(unit).release_dead_workers()
@@ -288,13 +321,11 @@ class Protocol:
         return 1 if failed else 0
 
 
-def expand_units(
-    pairs: list[tuple[str, str]], methods: list[str], seeds: list[int], manifests: dict[tuple[str, str], str]
-) -> list[Unit]:
+def expand_units(tasks: list[TaskData], methods: list[str], seeds: list[int]) -> list[Unit]:
     """Units in task-major order: every method and seed of the first task before the next task."""
     return [
-        Unit(benchmark, task, method, seed, manifests.get((benchmark, task)))
-        for benchmark, task in pairs
+        Unit(data.benchmark, data.task, method, seed, data.manifest, data.data_root)
+        for data in tasks
         for method in methods
         for seed in seeds
     ]

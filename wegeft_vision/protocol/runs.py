@@ -23,7 +23,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from ..data.registry import FGVC
+from ..backbones import backbone_tag, describe_source, weights_source
+from ..data.registry import CUSTOM, FGVC
 from ..methods import count_trainable
 
 RESULT_FILE = "result.json"
@@ -80,7 +81,13 @@ class RunSpec:
 
 def _arguments(spec: RunSpec, run_dir: Path) -> list[str]:
     root = Path(spec.data_root)
-    data_root = root / spec.task if spec.benchmark == FGVC else root
+    if spec.benchmark == CUSTOM:  # a folder of one's own: it is the dataset, with its manifest inside
+        data = [f"--data.dataset={root}"]
+    else:
+        data = [
+            f"--data.dataset={spec.benchmark}/{spec.task}",
+            f"--data.root={root / spec.task if spec.benchmark == FGVC else root}",
+        ]
     args = ["--config", spec.fit_config]
     args += [
         f"--{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in spec.overrides.items()
@@ -90,8 +97,7 @@ def _arguments(spec: RunSpec, run_dir: Path) -> list[str]:
         f"--model.lr={spec.lr!r}",
         f"--model.weight_decay={spec.weight_decay!r}",
         f"--seed_everything={spec.seed}",
-        f"--data.dataset={spec.benchmark}/{spec.task}",
-        f"--data.root={data_root}",
+        *data,
         f"--data.stage={spec.stage}",
         f"--data.seed={spec.seed}",
         f"--data.final_includes_val={str(spec.final_includes_val).lower()}",
@@ -126,7 +132,7 @@ def _arguments(spec: RunSpec, run_dir: Path) -> list[str]:
         args.append(f"--trainer.max_epochs={spec.search_epochs}")
     if spec.splits_dir:
         args.append(f"--data.splits_dir={spec.splits_dir}")
-    if spec.manifest:
+    if spec.manifest and spec.benchmark != CUSTOM:
         args.append(f"--data.manifest={spec.manifest}")
     if spec.devices > 1:
         args += [f"--trainer.devices={spec.devices}", "--trainer.strategy=ddp_spawn"]
@@ -220,10 +226,11 @@ def _train(spec: RunSpec, out: Path, run_dir: Path, cli: Any) -> dict[str, Any]:
     evaluate = trainer.validate if spec.stage == "search" else trainer.test
     metrics = evaluate(model, datamodule=data, verbose=False)[0]
     top1 = 100.0 * float(metrics["val/acc" if spec.stage == "search" else "test/acc"])
-    hp = model.hparams
+    source = weights_source(model.network)
     row = {
         "benchmark": spec.benchmark,
         "task": spec.task,
+        "group": data.manifest.group or "",
         "method": spec.method,
         "stage": spec.stage,
         "lr": spec.lr,
@@ -232,10 +239,12 @@ def _train(spec: RunSpec, out: Path, run_dir: Path, cli: Any) -> dict[str, Any]:
         "epochs": epochs,
         "top1": round(top1, 4),
         "params": count_trainable(model.network),  # the head excluded, as in the paper's tables
-        "backbone": model.backbone_tag if hp.pretrained or hp.weights else model.network.default_cfg["architecture"],
+        "backbone": model.network.default_cfg["architecture"]
+        if source["kind"] == "random"
+        else backbone_tag(model.network),
         "preset": spec.preset,
-        "schedule_epochs": hp.epochs,
-        "weights": hp.weights or ("pretrained" if hp.pretrained else "random"),
+        "schedule_epochs": model.hparams.epochs,
+        "weights": describe_source(source),
         "preprocessing": _preprocessing(data.preprocessing),
         "train_splits": "+".join(data.train_splits),
         "eval_split": data.eval_split,

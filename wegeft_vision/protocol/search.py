@@ -19,6 +19,7 @@ import os
 import random
 import socket
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,14 +35,26 @@ WORKER = f"{socket.gethostname()}:{os.getpid()}"
 logging.getLogger("optuna").setLevel(logging.WARNING)
 
 
-class _RaceNotice(logging.Filter):
-    """Drops GridSampler's warning about re-evaluating a point: such a trial is pruned here without training."""
+class _KnownNotices(logging.Filter):
+    """Drops Optuna records that say nothing new here: GridSampler's notice about re-evaluating a point (such a trial
+    is pruned without training) and the traceback of a failed trial (the protocol reports the failure itself)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "re-evaluating a configuration" not in record.getMessage()
+        message = record.getMessage()
+        return "re-evaluating a configuration" not in message and not (
+            message.startswith("Trial ") and " failed " in message
+        )
 
 
-logging.getLogger("optuna.samplers._grid").addFilter(_RaceNotice())
+for _name in ("optuna.samplers._grid", "optuna.study._optimize"):
+    logging.getLogger(_name).addFilter(_KnownNotices())
+
+
+def _quietly(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call an Optuna API that warns it is experimental (heartbeats, stale trials, enqueued user attributes)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return call(*args, **kwargs)
 
 
 def open_storage(url: str | None, out: Path, heartbeat: int = 60) -> BaseStorage:
@@ -58,11 +71,13 @@ def open_storage(url: str | None, out: Path, heartbeat: int = 60) -> BaseStorage
         out.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{out.resolve() / 'optuna.db'}"
     if url.startswith("journal:"):
-        return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+        return _quietly(JournalStorage, JournalFileBackend(url.removeprefix("journal:")))
     engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     for attempt in range(5):
         try:
-            return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat, grace_period=3 * heartbeat)
+            return _quietly(
+                RDBStorage, url, engine_kwargs=engine, heartbeat_interval=heartbeat, grace_period=3 * heartbeat
+            )
         except SQLAlchemyError:  # workers racing to create the schema of a new database: the loser retries
             if attempt == 4:
                 raise
@@ -145,14 +160,14 @@ class GridStudy:
                     released.append(trial.number)
                 except (RuntimeError, ValueError):
                     pass  # another worker finished or failed it meanwhile
-        optuna.storages.fail_stale_trials(self.study)
+        _quietly(optuna.storages.fail_stale_trials, self.study)
         return released
 
     def retry_failed(self) -> list[Point]:
         """Enqueue one new trial for every point whose trials all failed (once per worker lifetime)."""
         retried = [p for p, s in self.states().items() if s == "failed" and p not in self._retried]
         for lr, wd in retried:
-            self.study.enqueue_trial({"lr": lr, "weight_decay": wd}, user_attrs={"retry": True})
+            _quietly(self.study.enqueue_trial, {"lr": lr, "weight_decay": wd}, user_attrs={"retry": True})
         self._retried.update(retried)
         return retried
 

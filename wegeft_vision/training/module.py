@@ -28,8 +28,9 @@ class ClassificationModule(L.LightningModule):
         method: a method config, its dict form `{"method": name, **options}`, or a preset's
             `{"class_path": ..., "init_args": ...}` (what LightningCLI passes for `--model.method <preset>.yaml`).
         backbone: timm `architecture[.tag]`.
-        pretrained: load the tag's weights (HF cache or hub); ignored when `weights` is given.
+        pretrained: load the tag's weights (shipped, HF cache or hub); ignored when `weights` is given.
         weights: local weights file for the backbone.
+        init_seed: seed of a random-weight backbone (neither `pretrained` nor `weights`), recorded with the adapter.
         backbone_overrides: timm architecture arguments (tiny test models: `img_size`, `depth`, ...).
         lr: peak learning rate.
         weight_decay: AdamW weight decay.
@@ -49,6 +50,7 @@ class ClassificationModule(L.LightningModule):
         backbone: str = DEFAULT_BACKBONE,
         pretrained: bool = True,
         weights: str | None = None,
+        init_seed: int = 0,
         backbone_overrides: dict[str, Any] | None = None,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
@@ -72,6 +74,7 @@ class ClassificationModule(L.LightningModule):
             num_classes=num_classes,
             pretrained=pretrained and weights is None,
             weights=weights,
+            init_seed=init_seed,
             drop_path_rate=drop_path,
             **(backbone_overrides or {}),
         )
@@ -103,8 +106,11 @@ class ClassificationModule(L.LightningModule):
         self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, batch_size=len(labels))
         return loss
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def on_train_epoch_start(self) -> None:
+        # the schedule steps once per epoch: one value per epoch, not a log call per step
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True, sync_dist=True)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train", self.train_acc)
 
     def validation_step(self, batch, batch_idx: int) -> None:

@@ -1,0 +1,165 @@
+"""timm backbones: creation by name and pretrained tag, where their weights came from, and their data settings.
+
+Knows nothing of adapters; `methods` edits what this returns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from timm.data import resolve_model_data_config
+from torch import nn
+
+from ..data.manifests import sha256_of
+from . import mini_vit
+
+# The authors' choice for the vision experiments (ImageNet-21k, AugReg); `vit_base_patch16_224.orig_in21k` is the
+# original ViT-B/16 checkpoint behind VPT/NOAH-style numbers.
+DEFAULT_BACKBONE = "vit_base_patch16_224.augreg_in21k"
+
+
+WeightsSource = dict[str, Any]  # {"kind": "hub" | "shipped" | "file" | "random", ...}; JSON-ready
+
+
+def create_backbone(
+    name: str = DEFAULT_BACKBONE,
+    num_classes: int = 1000,
+    pretrained: bool = False,
+    weights: str | Path | None = None,
+    init_seed: int = 0,
+    **overrides: Any,
+) -> nn.Module:
+    """A timm model `name` (`architecture[.tag]`) with a fresh `num_classes`-way head.
+
+    The model's `weights_source` attribute records where its weights came from (see `weights_source`), so that
+    `create_from_source` can build the very same backbone again.
+
+    Args:
+        name: timm model name, optionally with a pretrained tag.
+        num_classes: size of the classification head (a pretrained head of another size is dropped).
+        pretrained: load the tag's weights: shipped with this package (`vit_mini_patch8_32.glyphs`), or from the
+            Hugging Face cache, or the hub when reachable.
+        weights: a local weights file (safetensors or a PyTorch state dict) to load instead.
+        init_seed: seed of the random initialization when neither `pretrained` nor `weights` is given (the global
+            random state is left as it was).
+        overrides: architecture arguments passed to timm (e.g. `img_size`, `depth` for tiny test models).
+
+    Raises:
+        ValueError: unknown model name, or a weights file that does not fit the architecture.
+        FileNotFoundError: a missing weights file, or pretrained weights neither cached nor reachable.
+    """
+    if name.split(".")[0] not in timm.list_models():
+        raise ValueError(f"unknown timm model {name!r}")
+    if weights is not None:
+        weights = Path(weights)
+        if not weights.is_file():
+            raise FileNotFoundError(f"weights file {weights} does not exist")
+        try:
+            overlay = {"file": str(weights)}
+            model = timm.create_model(
+                name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=overlay, **overrides
+            )
+        except (RuntimeError, KeyError) as err:
+            raise ValueError(f"weights file {weights} does not fit {name}: {err}") from err
+    elif pretrained:
+        try:
+            model = timm.create_model(name, pretrained=True, num_classes=num_classes, **overrides)
+        except OSError as err:
+            raise FileNotFoundError(
+                f"pretrained weights of {name} are neither in the Hugging Face cache nor reachable "
+                f"({type(err).__name__}); fetch them once where the hub is reachable, or pass a local file with "
+                f"weights=PATH (--weights), or use the shipped {mini_vit.NAME}"
+            ) from err
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            model = timm.create_model(name, pretrained=False, num_classes=num_classes, **overrides)
+        model.weights_source = {"kind": "random", "seed": init_seed}
+        return model
+    model.weights_source = _loaded_source(model.pretrained_cfg)
+    return model
+
+
+def _loaded_source(cfg: dict[str, Any]) -> WeightsSource:
+    file = cfg.get("file")
+    if not file:
+        return {"kind": "hub", **{k: cfg[k] for k in ("hf_hub_id", "url") if cfg.get(k)}}
+    path = Path(file).resolve()
+    if path.parent == mini_vit.WEIGHTS_DIR:
+        return {"kind": "shipped", "file": path.name, "sha256": sha256_of(path)}
+    return {"kind": "file", "path": str(path), "sha256": sha256_of(path)}
+
+
+def weights_source(model: nn.Module) -> WeightsSource | None:
+    """Where the backbone's weights came from, as recorded by `create_backbone`; None for a model built elsewhere.
+
+    One of `{"kind": "hub", "hf_hub_id": ...}`, `{"kind": "shipped", "file": ..., "sha256": ...}` (this package's
+    weights), `{"kind": "file", "path": ..., "sha256": ...}` or `{"kind": "random", "seed": ...}`.
+    """
+    source = getattr(model, "weights_source", None)
+    return dict(source) if source else None
+
+
+def describe_source(source: WeightsSource | None) -> str:
+    """One short field for tables: `hub`, `shipped@<sha12>`, `file:<path>@<sha12>`, `random:seed<k>` or `unknown`."""
+    if not source:
+        return "unknown"
+    kind = source["kind"]
+    if kind == "shipped":
+        return f"shipped@{source['sha256'][:12]}"
+    if kind == "file":
+        return f"file:{source['path']}@{source['sha256'][:12]}"
+    if kind == "random":
+        return f"random:seed{source['seed']}"
+    return kind
+
+
+def create_from_source(name: str, source: WeightsSource, num_classes: int = 1000, **overrides: Any) -> nn.Module:
+    """Build again the backbone `name` whose weights came from `source` (what `weights_source` recorded).
+
+    Only a `hub` source touches the network. Shipped weights and local files must still have the recorded sha256.
+
+    Raises:
+        ValueError: an unknown kind, or weights whose content changed since they were recorded.
+        FileNotFoundError: a recorded local file that is gone.
+    """
+    kind = source.get("kind")
+    if kind == "random":
+        return create_backbone(name, num_classes, init_seed=int(source["seed"]), **overrides)
+    if kind == "hub":
+        return create_backbone(name, num_classes, pretrained=True, **overrides)
+    if kind not in ("shipped", "file"):
+        raise ValueError(f"unknown backbone weights source {source!r}; expected kind hub, shipped, file or random")
+    path = Path(source["path"]) if kind == "file" else mini_vit.WEIGHTS_DIR / source["file"]
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone weights file {path} (recorded with sha256 {source['sha256']}) is gone")
+    found = sha256_of(path)  # checked before anything is loaded from it
+    if found != source["sha256"]:
+        raise ValueError(
+            f"backbone weights {path} have sha256 {found}, not the recorded {source['sha256']}: they changed since"
+        )
+    if kind == "file":
+        return create_backbone(name, num_classes, weights=path, **overrides)
+    return create_backbone(name, num_classes, pretrained=True, **overrides)
+
+
+def backbone_tag(model: nn.Module) -> str:
+    """`architecture.tag` of a timm model, as recorded in results and adapter files."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    arch, tag = cfg.get("architecture", type(model).__name__), cfg.get("tag")
+    return f"{arch}.{tag}" if tag else arch
+
+
+def data_config(model: nn.Module) -> dict[str, Any]:
+    """Input size, interpolation, mean and std stored with the model's pretrained weights.
+
+    The input size is the model's own (`patch_embed.img_size`) when it was built with another `img_size`.
+    """
+    config = resolve_model_data_config(model)
+    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if img_size is not None:
+        config["input_size"] = (config["input_size"][0], *img_size)
+    return config
