@@ -4,7 +4,8 @@
 
 Each variant runs as a fresh process in a fresh folder (tasks written, every run trained, report and heatmaps drawn),
 as a new user's first command would. The table gives the wall time, its ratio to the budget, the mean final test
-top-1 per method and the best cluster's IoU against the permuted-map baseline; the JSON holds the same.
+top-1 per method and the best cluster's IoU against the permuted-map baseline; the JSON holds the same, and each
+variant's full output is written beside it (`<json stem>.<variant>.log`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 VARIANTS = {"demo": ([], 300.0), "demo --quick": (["--quick"], 60.0)}
 
 
-def measure(extra: list[str], out: Path) -> dict:
+def measure(extra: list[str], out: Path) -> tuple[dict, str]:
     started = time.monotonic()
     command = [sys.executable, "-m", "wegeft_vision.cli", "demo", "--out", str(out), "--no-progress", *extra]
     result = subprocess.run(command, capture_output=True, text=True)
@@ -39,13 +40,14 @@ def measure(extra: list[str], out: Path) -> dict:
         means[method] = round(sum(scores) / len(scores), 2)
     with (out / "heatmaps" / "best_clusters.csv").open(newline="") as handle:
         best = next(csv.DictReader(handle))
-    return {
+    row = {
         "wall_s": round(elapsed, 1),
         "mean_final_top1": means,
         "best_iou": float(best["score"]),
         "permuted_iou": float(best["baseline"]),
         "tasks": sorted({row["task"] for row in finals}),
     }
+    return row, result.stdout
 
 
 def main() -> None:
@@ -53,12 +55,13 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the measurements here")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     args = parser.parse_args()
-    rows = {}
+    rows, logs = {}, {}
     for name in args.variants:
         extra, budget = VARIANTS[name]
         folder = Path(tempfile.mkdtemp(prefix="bench_demo_"))
         try:
-            rows[name] = {**measure(extra, folder / "run"), "budget_s": budget}
+            row, logs[name] = measure(extra, folder / "run")
+            rows[name] = {**row, "budget_s": budget}
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         rows[name]["ratio_to_budget"] = round(rows[name]["wall_s"] / budget, 3)
@@ -75,6 +78,8 @@ def main() -> None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         machine = {"platform": platform.platform(), "python": platform.python_version(), "cpus": cpus}
         args.json.write_text(json.dumps({"machine": machine, "variants": rows}, indent=1) + "\n")
+        for name, text in logs.items():
+            args.json.with_name(f"{args.json.stem}.{name.replace(' --', '_')}.log").write_text(text)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ def quick(tmp_path_factory) -> tuple[Path, str]:
     command = [sys.executable, "-m", "wegeft_vision.cli", "demo", "--quick", "--out", str(out), "--no-progress"]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for noise in ("ExperimentalWarning", "Traceback", "Trial "):  # progress lines, tables, real warnings only
+        assert noise not in result.stdout + result.stderr, noise
     return out, result.stdout
 
 

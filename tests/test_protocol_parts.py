@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import multiprocessing
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,18 @@ def test_paper_text_preset_differs_only_where_the_text_does():
     assert text.overrides == {"data.batch_size": 32, "model.warmup_epochs": 5} and text.final_includes_val
     assert text.methods == code.methods and text.fit_config == code.fit_config
     assert text.fingerprint() != code.fingerprint()
+
+
+def test_where_data_is_cached_is_not_part_of_the_fingerprint():
+    demo = load_preset("demo")
+    cached = replace(demo, overrides={**demo.overrides, "data.cache_dir": "/elsewhere/cache"})
+    assert cached.fingerprint() == demo.fingerprint()
+    assert replace(demo, overrides={"data.batch_size": 8}).fingerprint() != demo.fingerprint()
+    control = demo.methods["linear_random"]
+    assert control.overrides == {"model.pretrained": False, "model.weights": None}
+    assert control.config == demo.methods["linear"].config and control.points == demo.methods["linear"].points
+    without = replace(demo, methods={**demo.methods, "linear_random": replace(control, overrides={})})
+    assert without.fingerprint() != demo.fingerprint()  # a method's own overrides are part of the recipe
 
 
 @pytest.mark.parametrize(

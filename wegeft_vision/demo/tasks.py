@@ -30,7 +30,7 @@ TEXTURES = ("stripes", "checks", "dots", "grid", "waves", "rings", "zigzag", "bl
 TEXTURE_SIZE = 32
 TEXTURE_TEST = 800
 SHAPES_SIZE = 64
-SHAPES_TEST = 800
+SHAPES_TEST = 500
 
 
 def _write_splits(folder: Path, samples: list[tuple[str, int]], test: int) -> None:

@@ -14,6 +14,14 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 KEYS = {"name", "base", "fit_config", "search_epochs", "final_includes_val", "seeds", "tasks", "synthetic", "methods"}
 KEYS |= {"overrides"}
 GRID_KEYS = {"config", "lr", "weight_decay", "overrides"}
+# Settings that say where or how data is held, never what a run computes (the cached loader serves the very batches
+# of the decoding one): left out of the fingerprint and of a run's identity, so moving them keeps the results.
+LOCAL_SETTINGS = ("data.cache_dir", "data.cache_device")
+
+
+def result_settings(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The overrides that can change a result (all but `LOCAL_SETTINGS`)."""
+    return {k: v for k, v in overrides.items() if k not in LOCAL_SETTINGS}
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,7 @@ class ProtocolPreset:
         """A digest of everything that changes a result: the recipe files, overrides, search length and grids."""
         content = {
             "fit_config": self.fit_config.read_text(),
-            "overrides": self.overrides,
+            "overrides": result_settings(self.overrides),
             "search_epochs": self.search_epochs,
             "final_includes_val": self.final_includes_val,
             "methods": {

@@ -26,6 +26,7 @@ import torch
 from ..backbones import backbone_tag, describe_source, weights_source
 from ..data.registry import CUSTOM, FGVC
 from ..methods import count_trainable
+from .preset import result_settings
 
 RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.csv"
@@ -75,8 +76,9 @@ class RunSpec:
         return out / "runs" / self.benchmark / self.task / self.method / f"seed{self.seed}" / self.stage / point
 
     def identity(self) -> dict[str, Any]:
-        """The fields that decide the result (not where or how it is displayed)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("progress",)}
+        """The fields that decide the result (not where or how it is displayed, nor where data is cached)."""
+        fields = {k: v for k, v in asdict(self).items() if k not in ("progress",)}
+        return {**fields, "overrides": result_settings(self.overrides)}
 
 
 def _arguments(spec: RunSpec, run_dir: Path) -> list[str]:

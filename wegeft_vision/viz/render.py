@@ -153,24 +153,27 @@ def save_heatmap_grid(
     bad = [k for k in shown if not 0 <= k < rank]
     if bad or not shown:
         raise ValueError(f"clusters {bad or shown} are not clusters of these maps (0..{rank - 1})")
-    rows, cols = len(maps), 1 + len(shown)
-    figure = Figure(figsize=(cols * cell_inches, rows * cell_inches), dpi=dpi)
-    axes = figure.subplots(rows, cols, squeeze=False)
-    for row, (layer, layer_maps) in enumerate(sorted(maps.items())):
+    cells = []
+    for layer, layer_maps in sorted(maps.items()):
         if layer_maps.dim() != 3:
             raise ValueError(f"maps[{layer}] must have shape (r, gh, gw), got {tuple(layer_maps.shape)}")
-        cells = [picture] + [overlay(picture, layer_maps[k], alpha, colormap) for k in shown]
-        for col, cell in enumerate(cells):
-            ax = axes[row, col]
-            ax.imshow(cell)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title("input" if col == 0 else f"cluster {shown[col - 1]}", fontsize=8)
-        axes[row, 0].set_ylabel(f"block {layer}", fontsize=8)
+        cells += [picture] + [overlay(picture, layer_maps[k], alpha, colormap) for k in shown]
+    rows, cols = len(maps), 1 + len(shown)
+    # one image and a few labels: drawing rows x cols axes instead takes seconds per figure
+    figure = Figure(figsize=(cols * cell_inches, rows * cell_inches), dpi=dpi)
+    left, right, bottom, top = 0.05, 0.99, 0.01, 0.9 if title else 0.94
+    axes = figure.add_axes((left, bottom, right - left, top - bottom))
+    axes.imshow(tile(np.stack(cells), columns=cols, padding=2), aspect="auto", interpolation="nearest")
+    axes.set_axis_off()
+    width, height = (right - left) / cols, (top - bottom) / rows
+    for col in range(cols):
+        label = "input" if col == 0 else f"cluster {shown[col - 1]}"
+        figure.text(left + (col + 0.5) * width, top + 0.005, label, ha="center", va="bottom", fontsize=8)
+    for row, layer in enumerate(sorted(maps)):
+        y = top - (row + 0.5) * height
+        figure.text(left - 0.005, y, f"block {layer}", rotation=90, ha="right", va="center", fontsize=8)
     if title:
         figure.suptitle(title, fontsize=9)
-    figure.subplots_adjust(left=0.05, right=0.99, bottom=0.01, top=0.9 if title else 0.94, wspace=0.04, hspace=0.04)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=dpi, format="png")
