@@ -117,6 +117,8 @@ def test_vtab_folder_serves_through_its_path(tmp_path):
     data.setup()
     assert data.train_splits == ("train800val200",) and len(data.samples["train"]) == 9
     assert read_manifest(folder / "manifest.yaml").num_classes == 3
+    with pytest.raises(ValueError, match="mine is a task folder with its own manifest.yaml; drop manifest="):
+        BenchmarkDataModule(str(folder), manifest=tmp_path / "other.yaml", data_config=TINY_CONFIG)
 
 
 def test_data_check_passes_on_both_layouts(tmp_path, capsys):

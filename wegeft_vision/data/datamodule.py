@@ -116,6 +116,8 @@ class BenchmarkDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         if is_folder_ref(dataset):
+            if manifest is not None:
+                raise ValueError(f"{dataset} is a task folder with its own manifest.yaml; drop manifest={manifest}")
             folder = Path(dataset).expanduser()
             self.manifest: Manifest = open_folder(folder)
             self.benchmark, self.name, root = CUSTOM, self.manifest.name, folder.parent
