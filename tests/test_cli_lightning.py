@@ -61,10 +61,23 @@ def test_print_config_composes_the_preset(synthetic, tmp_path, capsys):
     assert printed["data"]["dataset"] == "vtab-1k/synthetic_shape"
 
 
-def test_bad_option_exits_non_zero(synthetic, tmp_path):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", *arguments(synthetic, tmp_path), "--model.lrr=0.1"])
-    assert exit_info.value.code != 0
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("--model.lrr=0.1", "unrecognized arguments: --model.lrr=0.1"),
+        ("--model.lr=fast", "Parser key \"model.lr\": Expected a <class 'float'>. Got value: fast"),
+        ("--trainer.precision=17", 'Parser key "trainer.precision"'),
+        ("--model.backbone=vit_nope", "unknown timm model 'vit_nope'"),
+        ("--data.root=/no/such/root", "VTAB-1k root folder /no/such/root does not exist"),
+    ],
+)
+def test_user_errors_give_one_line_and_exit_2(synthetic, tmp_path, capsys, extra, message):
+    assert main(["fit", *arguments(synthetic, tmp_path), extra, "--trainer.max_epochs=1"]) == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("wegeft-vision fit: error:")]
+    assert message in line and "Traceback" not in err
+    with pytest.raises(Exception):  # noqa: B017 - --debug shows the error itself, whatever its type
+        main(["--debug", "fit", *arguments(synthetic, tmp_path), extra, "--trainer.max_epochs=1"])
 
 
 def test_fit_on_a_folder_of_ones_own_by_its_path(synthetic, tmp_path):

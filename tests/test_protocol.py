@@ -210,6 +210,28 @@ def test_unknown_method_is_refused(tmp_path, capsys):
     assert "unknown method 'dora'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--set", "model.lr=0.5"], "--set model.lr=0.5: every run sets model.lr from the grid's lr"),
+        (["--set", "data.root=/x"], "--set data.root='/x': every run sets data.root from --data-root"),
+        (["--set", "model.lrr=0.5"], "does not parse: unrecognized arguments: --model.lrr=0.5"),
+        (["--precision", "17"], 'does not parse: Parser key "trainer.precision"'),
+        (["--set", "data.batch_size=many"], "Parser key \"data.batch_size\": Expected a <class 'int'>"),
+        (["--data-root", "/no/such/root"], "--data-root /no/such/root does not exist"),
+    ],
+)
+def test_bad_inputs_exit_2_before_anything_is_written(tmp_path, capsys, extra, message):
+    out = tmp_path / "run"
+    assert main(["protocol", *SMOKE, "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "interrupted" not in err
+    # nothing pinned (protocol.json), no study, no run folder: the corrected command uses the same --out (the smoke
+    # preset's generated tasks may already be in OUT/data)
+    assert (sorted(p.name for p in out.iterdir()) if out.exists() else []) in ([], ["data"])
+    assert not Path("/no/such/root").exists()
+
+
 def test_results_key_covers_the_grid_point():
     assert {"lr", "weight_decay", "seed", "stage", "method", "task"} <= set(KEY)
 

@@ -6,6 +6,7 @@ Configs compose as in any LightningCLI (`--config a.yaml --config b.yaml`, `--mo
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -31,17 +32,31 @@ class WeGeFTCLI(LightningCLI):
         parser.link_arguments("model.data_config", "data.data_config", apply_on="instantiate")
 
 
-def build_cli(argv: Sequence[str], run: bool = False) -> WeGeFTCLI:
+class ParseOnlyCLI(WeGeFTCLI):
+    """Parses and checks a configuration without building anything (no model, no data, no trainer)."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def build_cli(argv: Sequence[str], run: bool = False, instantiate: bool = True) -> WeGeFTCLI:
     """The CLI for `argv`: with `run`, a sub-command (fit, validate or test) and its arguments, executed; without,
-    the arguments only, and the model, datamodule and trainer instantiated for the caller (the protocol's runs)."""
-    return WeGeFTCLI(
-        ClassificationModule,
-        BenchmarkDataModule,
-        args=list(argv),
-        run=run,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": "wegeft-vision"},
-    )
+    the arguments only, and the model, datamodule and trainer instantiated for the caller (the protocol's runs), or,
+    with `instantiate=False`, only parsed (its `parser` then checks further argument lists).
+
+    Raises:
+        argparse.ArgumentError: an unknown option, or a value of the wrong type (the message names the key).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # argv is passed on purpose
+        return (WeGeFTCLI if instantiate else ParseOnlyCLI)(
+            ClassificationModule,
+            BenchmarkDataModule,
+            args=list(argv),
+            run=run,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"prog": "wegeft-vision", "exit_on_error": False},  # errors are raised; main() reports
+        )
 
 
 def run_lightning(argv: Sequence[str]) -> int:

@@ -17,7 +17,7 @@ COMMANDS = {
     "search": search,
     "report": report,
 }
-USER_ERRORS = (ValueError, TypeError, OSError, KeyError)
+USER_ERRORS = (ValueError, TypeError, OSError, KeyError, argparse.ArgumentError)
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
 
@@ -34,12 +34,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def report_error(command: str, error: BaseException) -> int:
+    """One line on stderr naming what is wrong (multi-line messages folded), and the exit code of a user error."""
+    message = error.args[0] if isinstance(error, KeyError) and error.args else error
+    print(f"wegeft-vision {command}: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in LIGHTNING_COMMANDS:
+    debug = argv[:1] == ["--debug"]
+    command = argv[1:] if debug else argv
+    if command and command[0] in LIGHTNING_COMMANDS:
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
         from .lightning import run_lightning  # Lightning's parser owns these sub-commands
 
-        return run_lightning(argv)
+        try:
+            return run_lightning(command)
+        except (*USER_ERRORS, MisconfigurationException) as err:
+            if debug:
+                raise
+            return report_error(command[0], err)
     args = build_parser().parse_args(argv)
     args.argv = argv[argv.index(args.command) :]  # worker processes repeat the sub-command's arguments
     try:
@@ -47,9 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as err:
         if args.debug:
             raise
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"wegeft-vision {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        return report_error(args.command, err)
 
 
 if __name__ == "__main__":

@@ -141,6 +141,7 @@ def _check_protocol_file(out: Path, record: dict[str, Any]) -> None:
 def run(args: argparse.Namespace, stages: tuple[str, ...] = ("search", "final")) -> int:
     from ..protocol.preset import load_preset
     from ..protocol.runner import Protocol, expand_units, prepare_data, resolve_tasks
+    from ..protocol.runs import check_overrides
     from ..protocol.search import open_storage
 
     if args.workers < 1 or args.devices < 1:
@@ -152,6 +153,10 @@ def run(args: argparse.Namespace, stages: tuple[str, ...] = ("search", "final"))
             overrides[key] = value
     if args.precision:
         overrides["trainer.precision"] = args.precision
+    check_overrides(overrides, "--set")
+    check_overrides(preset.overrides, f"preset {preset.path}: override")
+    for label, grid in preset.methods.items():
+        check_overrides(grid.overrides, f"preset {preset.path}: method {label}: override")
     preset = replace(preset, overrides={**preset.overrides, **overrides})
     if args.final_includes_val is not None:
         preset = replace(preset, final_includes_val=args.final_includes_val)
@@ -166,6 +171,21 @@ def run(args: argparse.Namespace, stages: tuple[str, ...] = ("search", "final"))
         raise FileNotFoundError(f"--data-root {args.data_root} does not exist")
     data_root = args.data_root or (args.out / "data" if preset.synthetic else None)
     tasks = prepare_data(pairs, data_root, preset)
+    units = expand_units(tasks, methods, list(args.seeds or preset.seeds))
+    protocol = Protocol(
+        preset,
+        units,
+        args.out,
+        data_root,
+        splits_dir=args.splits_dir,
+        storage=args.storage,
+        stages=stages,
+        devices=args.devices,
+        progress=not args.no_progress and sys.stdout.isatty(),
+        poll=args.poll,
+        heartbeat=args.heartbeat,
+    )
+    protocol.check_configurations()  # before anything is pinned or written
     _check_protocol_file(
         args.out,
         {
@@ -181,20 +201,6 @@ def run(args: argparse.Namespace, stages: tuple[str, ...] = ("search", "final"))
         open_storage(args.storage, args.out, args.heartbeat)  # create the schema once, before the workers race to
         return _spawn_workers(args)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    units = expand_units(tasks, methods, list(args.seeds or preset.seeds))
-    protocol = Protocol(
-        preset,
-        units,
-        args.out,
-        data_root,
-        splits_dir=args.splits_dir,
-        storage=args.storage,
-        stages=stages,
-        devices=args.devices,
-        progress=not args.no_progress and sys.stdout.isatty(),
-        poll=args.poll,
-        heartbeat=args.heartbeat,
-    )
     try:
         return protocol.run()
     except KeyboardInterrupt:

@@ -11,10 +11,12 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import yaml
+from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from ..data.folders import MANIFEST_FILE, is_folder_ref, open_folder
@@ -24,7 +26,7 @@ from ..data.synthetic import write_synthetic
 from ..data.vtab1k import task_dir
 from .preset import ProtocolPreset
 from .results import append_rows
-from .runs import RunSpec, train_run
+from .runs import RunSpec, check_specs, train_run
 from .search import GridStudy, open_storage
 
 STAGES = ("search", "final")
@@ -167,13 +169,28 @@ class Protocol:
         self.data_root, self.splits_dir = data_root, splits_dir
         self.devices, self.progress, self.poll = devices, progress, poll
         self.fingerprint = preset.fingerprint()
-        self.storage = open_storage(storage, out, heartbeat)
+        self.storage_url, self.heartbeat = storage, heartbeat
         self.schedule_epochs = int(recipe_value(preset, "model.epochs", 100))
         self.results_file = out / "results.csv"
         self.started = time.monotonic()
         self.epochs_done = 0
         self._studies: dict[Unit, GridStudy] = {}
         self._finals: dict[Unit, GridStudy] = {}
+
+    @cached_property
+    def storage(self) -> BaseStorage:
+        """The study storage, opened (and for SQLite created in `out`) on first use."""
+        return open_storage(self.storage_url, self.out, self.heartbeat)
+
+    def check_configurations(self) -> None:
+        """Parse one run configuration per method and one per task, building and writing nothing: a bad recipe,
+        method preset or override fails before anything is pinned."""
+        samples: dict[tuple[str, ...], Unit] = {}
+        for unit in self.units:
+            samples.setdefault(("method", unit.method), unit)
+            samples.setdefault(("task", unit.benchmark, unit.task), unit)
+        points = {unit: self.preset.methods[unit.method].points[0] for unit in samples.values()}
+        check_specs([self.spec(unit, "search", point) for unit, point in points.items()], self.out)
 
     def study_name(self, unit: Unit, stage: str) -> str:
         return f"{unit.benchmark}/{unit.task}/{unit.method}/seed{unit.seed}/{stage}@{self.fingerprint[:12]}"

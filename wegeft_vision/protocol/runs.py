@@ -8,6 +8,7 @@ configuration (`wegeft-vision fit --config RUN/config.yaml`). Its folder holds `
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -141,6 +142,55 @@ def _arguments(spec: RunSpec, run_dir: Path) -> list[str]:
     return args
 
 
+# What every run sets itself (`_arguments`): a recipe override of one of these would be silently replaced.
+SET_PER_RUN = {
+    "model.lr": "the grid's lr",
+    "model.weight_decay": "the grid's weight_decay",
+    "model.method": "the method's preset",
+    "seed_everything": "--seeds",
+    "data.dataset": "--tasks",
+    "data.root": "--data-root",
+    "data.manifest": "--tasks",
+    "data.splits_dir": "--splits-dir",
+    "data.stage": "the protocol's stage",
+    "data.seed": "--seeds",
+    "data.final_includes_val": "--final-includes-val",
+    "trainer.default_root_dir": "--out",
+}
+
+
+def check_overrides(overrides: dict[str, Any], where: str) -> None:
+    """Refuse an override of something every run sets itself, naming the key and where to change it instead."""
+    for key in overrides:
+        if key in SET_PER_RUN:
+            raise ValueError(f"{where} {key}={overrides[key]!r}: every run sets {key} from {SET_PER_RUN[key]}")
+
+
+def check_specs(specs: list[RunSpec], out: Path) -> None:
+    """Parse the LightningCLI configuration of each spec (nothing built, nothing written), so that a bad recipe,
+    method preset or override fails before anything is pinned.
+
+    Raises:
+        ValueError: a configuration that does not parse; the message names the spec's files and the bad key.
+    """
+    from ..cli.lightning import build_cli
+
+    parser = None
+    for spec in specs:
+        args = _arguments(spec, spec.run_dir(out))
+        try:
+            if parser is None:
+                parser = build_cli(args, instantiate=False).parser
+            else:
+                parser.parse_args(args)
+        except argparse.ArgumentError as err:
+            message = " ".join(str(err).split())
+            raise ValueError(
+                f"the run configuration of {spec.method} on {spec.task} ({spec.fit_config}, {spec.method_config}, "
+                f"overrides {spec.overrides}) does not parse: {message}"
+            ) from err
+
+
 def cached_result(spec: RunSpec, out: Path) -> dict[str, Any] | None:
     """The result of a run that already finished (its `result.json` written for this very spec), else None."""
     path = spec.run_dir(out) / RESULT_FILE
@@ -165,7 +215,6 @@ def train_run(spec: RunSpec, out: Path) -> dict[str, Any]:
     metrics = run_dir / METRICS_FILE
     earlier = metrics.read_text() if metrics.is_file() else None  # CSVLogger deletes it when it starts
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # the protocol's own argv
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
         row = _train(spec, out, run_dir, build_cli(_arguments(spec, run_dir)))
     if earlier and resumed_at:
