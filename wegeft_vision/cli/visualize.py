@@ -18,8 +18,8 @@ from torch.utils.data import DataLoader
 from ..backbones import data_config
 from ..data import ImageListDataset, load_fgvc_splits, load_vtab1k_split, preprocessing, read_manifest
 from ..data.fgvc import image_dir
-from ..data.folders import imagefolder_split, is_folder_ref, open_folder
-from ..data.registry import FGVC, IMAGEFOLDER, VTAB1K, fgvc_dataset
+from ..data.folders import folder_split, is_folder_ref
+from ..data.registry import FGVC, VTAB1K, fgvc_dataset
 from ..methods import load_adapted_model
 from ..viz import (
     CubParts,
@@ -122,11 +122,7 @@ def list_items(args: argparse.Namespace) -> list[Item]:
         items = [Item(p, None, p.stem) for p in paths]
     elif args.task is not None and is_folder_ref(args.task):
         folder = Path(args.task).expanduser()
-        manifest = open_folder(folder)
-        if manifest.format == IMAGEFOLDER:
-            samples = imagefolder_split(folder, args.split, manifest.classes)
-        else:
-            samples = load_vtab1k_split(folder.parent, folder.name, args.split)[0]
+        samples = folder_split(folder, args.split)
         items = [Item(folder / rel, label, f"{i:05d}_{Path(rel).stem}") for i, (rel, label) in enumerate(samples)]
     elif args.benchmark == VTAB1K:
         samples, folder = load_vtab1k_split(args.data_root, args.task, args.split)

@@ -6,19 +6,20 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.folders import folder_split
 from ..data.images import read_image
-from ..data.vtab1k import load_vtab1k_split
 
 
 def _pixels(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    samples, root = load_vtab1k_split(folder.parent, folder.name, split)
-    images = np.stack([read_image(root / rel).numpy().reshape(-1) for rel, _ in samples]).astype(np.float64) / 255.0
+    samples = folder_split(folder, split)
+    images = np.stack([read_image(folder / rel).numpy().reshape(-1) for rel, _ in samples]).astype(np.float64) / 255.0
     return images, np.array([label for _, label in samples])
 
 
 def pixel_logistic_regression(folder: str | Path) -> float:
     """Test top-1 (%) of a logistic regression (scikit-learn's defaults, C = 1, nothing selected) on the raw pixels
-    of a task folder in the VTAB-1k layout, trained on train800val200 as the protocol's final runs are."""
+    of a task folder in the VTAB-1k layout (all images of one size), trained on train800val200 as the protocol's final
+    runs are."""
     from sklearn.linear_model import LogisticRegression
 
     folder = Path(folder)

@@ -153,12 +153,14 @@ def build_tables(rows: list[dict], stage: str = "final") -> list[Table]:
     ]
 
 
-def _canonical(benchmark: str, task: str) -> tuple[str, bool]:
-    """The registry name of a task and whether it is in the registry (aliases resolve; unknown names stay)."""
+def _canonical(benchmark: str, task: str) -> str:
+    """The registry name of a task (aliases resolve; folders of one's own and unknown names stay as they are)."""
+    if benchmark == CUSTOM:
+        return task
     try:
-        return (vtab_task(task) if benchmark == VTAB1K else fgvc_dataset(task)).name, True
+        return (vtab_task(task) if benchmark == VTAB1K else fgvc_dataset(task)).name
     except ValueError:
-        return task, False
+        return task
 
 
 def _custom_layout(groups: dict[str, str]) -> tuple[list[str], dict[str, list[str]], list[str]]:
@@ -209,7 +211,7 @@ def _build_table(rows: list[dict], benchmark: str, stage: str) -> Table:
     params: dict[str, list[int]] = {}
     tasks, groups = set(), {}
     for row in rows:
-        task = row["task"] if benchmark == CUSTOM else _canonical(benchmark, row["task"])[0]
+        task = _canonical(benchmark, row["task"])
         tasks.add(task)
         groups[task] = row["group"]
         scores = per_seed.setdefault(row["method"], {}).setdefault(task, {})
