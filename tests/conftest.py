@@ -58,3 +58,28 @@ def fake_hub_cache(cache: Path, repo_id: str, tensors: dict[str, torch.Tensor]) 
     (repo / "refs" / "main").write_text(commit)
     (repo / "snapshots" / commit).mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(repo / "snapshots" / commit / "model.safetensors"))
+
+
+def smoke_final_spec(root: Path, **changes):
+    """A final WeGeFT run of the smoke preset on the synthetic shapes task under `root`; `changes`: RunSpec fields."""
+    from wegeft_vision.protocol.preset import load_preset
+    from wegeft_vision.protocol.runs import RunSpec
+
+    preset = load_preset("smoke")
+    fields = dict(
+        benchmark="vtab-1k",
+        task="synthetic_shape",
+        method="wegeft",
+        method_config=str(preset.methods["wegeft"].config),
+        stage="final",
+        lr=5e-3,
+        weight_decay=1e-4,
+        seed=0,
+        fit_config=str(preset.fit_config),
+        data_root=str(root),
+        search_epochs=2,
+        preset="smoke",
+        fingerprint=preset.fingerprint(),
+        manifest=str(root / "synthetic_shape" / "manifest.yaml"),
+    )
+    return RunSpec(**{**fields, **changes})

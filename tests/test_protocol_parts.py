@@ -9,15 +9,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from safetensors.torch import load_file
+from conftest import smoke_final_spec
 
 from wegeft_vision.cli import main
 from wegeft_vision.data import write_synthetic
 from wegeft_vision.data.datamodule import EpochShuffle
 from wegeft_vision.data.registry import FGVC_DATASETS, VTAB_TASKS
-from wegeft_vision.protocol import runs
 from wegeft_vision.protocol.preset import CONFIG_DIR, load_preset
 from wegeft_vision.protocol.results import COLUMNS, append_rows, read_rows
 from wegeft_vision.protocol.runs import RunSpec, train_run
@@ -165,12 +163,26 @@ def test_append_rows_writes_each_key_once(tmp_path):
     assert path.read_text().count("benchmark,task") == 1
 
 
-def test_append_rows_refuses_a_file_with_other_columns(tmp_path):
+def test_append_rows_refuses_a_file_with_unknown_columns(tmp_path):
     path = tmp_path / "results.csv"
     path.write_text("a,b\n1,2\n")
-    with pytest.raises(ValueError, match="results.csv: columns"):
-        append_rows(path, [{"benchmark": "fgvc"}])
+    with pytest.raises(ValueError, match="results.csv: unknown column.*a, b"):
+        append_rows(path, [{"benchmark": "fgvc", "top1": 50.0}])
     assert path.read_text() == "a,b\n1,2\n"  # nothing written is lost
+
+
+def test_append_rows_upgrades_a_file_of_an_earlier_version(tmp_path):
+    path = tmp_path / "results.csv"
+    old = [c for c in COLUMNS if c not in ("group", "state", "reason")]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=old, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerow({**dict.fromkeys(old, "x"), "lr": "0.001", "top1": "61.5"})
+    row = {**dict.fromkeys(COLUMNS, "y"), "top1": 70.0, "state": "finished"}
+    assert append_rows(path, [row]) == 1
+    first, second = read_rows(path)
+    assert list(first) == list(COLUMNS) and first["state"] == "finished" and first["group"] == ""
+    assert first["top1"] == "61.5" and first["lr"] == "0.001" and second["top1"] == "70.0"
 
 
 def test_epoch_shuffle_depends_on_seed_and_epoch_only():
@@ -197,46 +209,7 @@ def task_root(tmp_path_factory) -> Path:
 
 
 def final_spec(root: Path, **changes) -> RunSpec:
-    preset = load_preset("smoke")
-    fields = dict(
-        benchmark="vtab-1k",
-        task="synthetic_shape",
-        method="wegeft",
-        method_config=str(preset.methods["wegeft"].config),
-        stage="final",
-        lr=5e-3,
-        weight_decay=1e-4,
-        seed=0,
-        fit_config=str(preset.fit_config),
-        data_root=str(root),
-        search_epochs=2,
-        preset="smoke",
-        fingerprint=preset.fingerprint(),
-        manifest=str(root / "synthetic_shape" / "manifest.yaml"),
-    )
-    return RunSpec(**{**fields, **changes})
-
-
-def test_a_run_resumed_from_its_checkpoint_equals_an_uninterrupted_one(task_root, tmp_path, monkeypatch):
-    spec = final_spec(task_root)
-    whole = train_run(spec, tmp_path / "whole")
-    # the same run interrupted after 2 of its 4 epochs: its checkpoint stays behind, as after a kill
-    monkeypatch.setattr(runs.shutil, "rmtree", lambda *a, **k: None)
-    train_run(final_spec(task_root, overrides={"trainer.max_epochs": 2}), tmp_path / "cut")
-    monkeypatch.undo()
-    run_dir = spec.run_dir(tmp_path / "cut")
-    assert (
-        torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2 * (48 + 16) // 16
-    )  # final: train800val200
-    resumed = train_run(spec, tmp_path / "cut")
-    assert resumed["top1"] == whole["top1"] and resumed["epochs"] == 4
-    a = load_file(spec.run_dir(tmp_path / "whole") / "adapter.safetensors")
-    b = load_file(run_dir / "adapter.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert train_run(spec, tmp_path / "cut") == resumed  # finished: the stored result, nothing trained
-    with (run_dir / "metrics.csv").open() as handle:  # the epochs before the interruption are kept
-        epochs = [int(r["epoch"]) for r in csv.DictReader(handle) if r.get("train/loss")]
-    assert epochs == [0, 1, 2, 3]
+    return smoke_final_spec(root, **changes)
 
 
 @pytest.mark.slow

@@ -99,10 +99,20 @@ def test_multi_seed_cells_show_mean_and_sample_std(tmp_path):
     assert record["n_seeds"] == "3"
 
 
-def test_duplicates_keep_the_last_row(tmp_path):
-    rows = [row("cifar", "wegeft", 10.0), row("cifar", "wegeft", 80.0), row("cifar", "wegeft", 70.0, seed=1)]
+def test_identical_duplicates_count_once_and_another_fingerprint_takes_over(tmp_path):
+    rows = [row("cifar", "wegeft", 80.0), row("cifar", "wegeft", 80.0), row("cifar", "wegeft", 70.0, seed=1)]
     cell = by_method(table_for(tmp_path, rows))["wegeft"].cells["cifar"]
     assert cell.n == 2 and cell.mean == pytest.approx(75.0)
+    rows = [row("cifar", "wegeft", 10.0, fingerprint="a"), row("cifar", "wegeft", 80.0, fingerprint="b")]
+    results = write_csv(tmp_path / "results.csv", rows, [*COLUMNS, "fingerprint"])
+    (table,) = build_tables(read_results(results))
+    assert by_method(table)["wegeft"].cells["cifar"].mean == pytest.approx(80.0)  # the last run of another recipe
+
+
+def test_rows_of_one_run_that_disagree_are_refused(tmp_path):
+    rows = [row("cifar", "wegeft", 10.0), row("cifar", "wegeft", 80.0)]
+    with pytest.raises(ValueError, match=r"conflicting rows.*results\.csv, line 2.*top1=10\.0.*line 3.*top1=80\.0"):
+        table_for(tmp_path, rows)
 
 
 def test_search_stage_takes_the_best_of_the_grid_per_seed(tmp_path):

@@ -74,8 +74,8 @@ def test_missing_image_reported_in_every_split_that_lists_it(vtab_root, vtab_tin
     missing.unlink()
     code, out, err = data_check(capsys, "vtab-1k/cifar", "--root", vtab_root, "--manifest", vtab_tiny_manifest)
     assert code == 1
-    assert f"[missing file] val200.txt: missing image {missing}" in out
-    assert f"[missing file] train800val200.txt: missing image {missing}" in out
+    assert f"[missing file] val200.txt:1: missing image {missing}" in out
+    assert f"[missing file] train800val200.txt:7: missing image {missing}" in out
     assert "2 problem(s): missing file" in err
 
 
@@ -83,14 +83,14 @@ def test_unreadable_image(fgvc_root, fgvc_tiny_manifest, capsys):
     broken = fgvc_root / "images" / "001.Bird" / "0000.jpg"
     broken.write_bytes(b"not a jpeg at all")
     code, out, _ = data_check(capsys, "fgvc/cub", "--root", fgvc_root, "--manifest", fgvc_tiny_manifest)
-    assert code == 1 and f"[unreadable file] train.json: image {broken} is unreadable" in out
+    assert code == 1 and f"[unreadable file] train.json:1: image {broken} is unreadable" in out
 
 
 def test_truncated_png_is_unreadable(vtab_root, vtab_tiny_manifest, capsys):
     image = vtab_root / "cifar" / "images" / "test" / "0009.png"
     image.write_bytes(image.read_bytes()[:60])
     code, out, _ = data_check(capsys, "vtab-1k/cifar", "--root", vtab_root, "--manifest", vtab_tiny_manifest)
-    assert code == 1 and f"[unreadable file] test.txt: image {image} is unreadable" in out
+    assert code == 1 and f"[unreadable file] test.txt:1: image {image} is unreadable" in out
 
 
 def test_count_mismatch(vtab_root, capsys):

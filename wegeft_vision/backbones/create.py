@@ -5,12 +5,20 @@ Knows nothing of adapters; `methods` edits what this returns.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from timm.data import resolve_model_data_config
+from timm.models import clean_state_dict
 from torch import nn
 
 from ..data.manifests import sha256_of
@@ -22,6 +30,11 @@ DEFAULT_BACKBONE = "vit_base_patch16_224.augreg_in21k"
 
 
 WeightsSource = dict[str, Any]  # {"kind": "hub" | "shipped" | "file" | "random", ...}; JSON-ready
+
+# What a PyTorch weights file may hold besides tensors, containers and numbers: timm training checkpoints (and the
+# WeGeFT authors' released ones) keep their command-line arguments as an `argparse.Namespace`.
+SAFE_GLOBALS = (argparse.Namespace,)
+_CHECKPOINT_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")  # where timm looks, EMA weights first
 
 
 def create_backbone(
@@ -48,7 +61,8 @@ def create_backbone(
         overrides: architecture arguments passed to timm (e.g. `img_size`, `depth` for tiny test models).
 
     Raises:
-        ValueError: unknown model name, or a weights file that does not fit the architecture.
+        ValueError: unknown model name, or a weights file that is refused (see `read_weights_file`) or does not fit
+            the architecture (a tensor of the backbone missing or of another shape).
         FileNotFoundError: a missing weights file, or pretrained weights neither cached nor reachable.
     """
     if name.split(".")[0] not in timm.list_models():
@@ -57,13 +71,21 @@ def create_backbone(
         weights = Path(weights)
         if not weights.is_file():
             raise FileNotFoundError(f"weights file {weights} does not exist")
+        # Read here, never unpickled beyond tensors; timm then maps the state dict onto the model (head, input conv,
+        # position embeddings) and records the file as the pretrained source.
+        state = read_weights_file(weights)
+        _require_backbone_tensors(name, num_classes, overrides, state, weights)
         try:
-            overlay = {"file": str(weights)}
             model = timm.create_model(
-                name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=overlay, **overrides
+                name,
+                pretrained=True,
+                num_classes=num_classes,
+                pretrained_cfg_overlay={"file": str(weights), "state_dict": state},
+                **overrides,
             )
         except (RuntimeError, KeyError) as err:
             raise ValueError(f"weights file {weights} does not fit {name}: {err}") from err
+        model.pretrained_cfg.pop("state_dict", None)  # its tensors are in the model now; the cfg keeps the file
     elif pretrained:
         try:
             model = timm.create_model(name, pretrained=True, num_classes=num_classes, **overrides)
@@ -81,6 +103,67 @@ def create_backbone(
         return model
     model.weights_source = _loaded_source(model.pretrained_cfg)
     return model
+
+
+def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict in a local weights file, read without running anything stored in it.
+
+    A `.safetensors` file holds tensors only. Any other file is read as a PyTorch pickle with
+    `torch.load(weights_only=True)`: tensors, containers, numbers and `SAFE_GLOBALS`; a pickle that asks for any other
+    object (the way a malicious file runs code while it loads) is refused before anything is built from it. The
+    weights of a training checkpoint are its `state_dict_ema`, `model_ema`, `state_dict` or `model` entry, as timm
+    reads them, with a `module.` prefix (DataParallel) dropped.
+
+    Raises:
+        ValueError: a file in neither format, a refused pickle, or one that holds no mapping of names to tensors.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"weights file {path} is not a readable safetensors file: {err}") from err
+    try:
+        allowed = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5; before, tensors only
+        with warnings.catch_warnings(), allowed(list(SAFE_GLOBALS)) if allowed else contextlib.nullcontext():
+            warnings.simplefilter("ignore")  # e.g. the pickle protocol of a file written by pickle, not torch.save
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"WeightsUnpickler error: ([^\n]*?)(?: Please use|\n|$)", str(err))
+        detail = found.group(1).strip() if found and found.group(1).strip() else "objects other than tensors"
+        raise ValueError(
+            f"weights file {path} is refused: it is a pickle that asks for more than tensors ({detail}); "
+            "give a .safetensors file or a PyTorch state dict"
+        ) from err
+    except Exception as err:  # whatever a damaged or foreign file makes the reader raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"weights file {path} is neither safetensors nor a readable PyTorch file: {first}") from err
+    if isinstance(data, dict):
+        data = next((data[k] for k in _CHECKPOINT_KEYS if isinstance(data.get(k), dict)), data)
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"weights file {path} holds no state dict (a mapping of parameter names to tensors)")
+    odd = next((k for k, v in data.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+    if odd is not None:
+        raise ValueError(
+            f"weights file {path}: entry {odd!r} holds {type(data[odd]).__name__}, not a tensor; expected a state dict"
+        )
+    return clean_state_dict(data)
+
+
+def _require_backbone_tensors(
+    name: str, num_classes: int, overrides: dict[str, Any], state: dict[str, torch.Tensor], path: Path
+) -> None:
+    """Refuse a weights file that lacks tensors of the backbone, before timm loads it: for a head of another size timm
+    loads leniently (it only logs the keys it missed), which would leave those tensors at their random init. The
+    names come from the model built on the meta device (no memory, no init)."""
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **overrides)
+    heads = model.pretrained_cfg.get("classifier") or ()
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    missing = [k for k in model.state_dict() if k not in state and not any(k.startswith(h + ".") for h in heads)]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise ValueError(f"weights file {path} does not fit {name}: it lacks {', '.join(missing[:3])}{more}")
 
 
 def _loaded_source(cfg: dict[str, Any]) -> WeightsSource:

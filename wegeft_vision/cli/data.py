@@ -24,7 +24,13 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     fetch.add_argument("--manifest", type=Path, help="manifest file to use instead of the bundled one")
     fetch.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
 
-    chk = sub.add_parser("check", help="verify a dataset on disk: layout, counts, checksums, images, labels")
+    chk = sub.add_parser(
+        "check",
+        help="verify a dataset on disk: layout, counts, checksums, split files, images, labels",
+        description="Exit 0 when the data passes (warnings, e.g. what loading changes about an image, are listed), "
+        "1 when the check finds problems, 2 when it cannot run. Images over PIL's pixel limit are refused; if you "
+        "trust them, raise it with WEGEFT_MAX_IMAGE_PIXELS=<pixels> (0: no limit).",
+    )
     chk.add_argument(
         "target",
         help="vtab-1k/<task>, fgvc/<dataset> (aliases accepted), or a folder of your own (VTAB-1k or "
@@ -36,7 +42,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     chk.add_argument("--allow-count-mismatch", action="store_true", help="accept counts that differ from the manifest")
     chk.add_argument("--no-images", action="store_true", help="skip decoding the images (layout and labels only)")
     chk.add_argument("--workers", type=int, help="decoding threads (default: min(8, CPUs))")
-    chk.add_argument("--max-problems", type=int, default=20, help="problems listed per split; 0 lists all")
+    chk.add_argument("--max-problems", type=int, default=20, help="problems and warnings listed per split; 0: all")
 
     syn = sub.add_parser("synthetic", help="write the synthetic shapes data in the VTAB-1k layout")
     syn.add_argument("--out", type=Path, required=True, help="VTAB-1k root to write synthetic_<task>/ into")
@@ -77,11 +83,11 @@ def _check(args: argparse.Namespace) -> int:
     print(report.format(args.max_problems))
     if report.ok:
         return 0
-    kinds = sorted({p.kind for p in report.all_problems})
-    print(
-        f"wegeft-vision data check: {report.target}: {len(report.all_problems)} problem(s): {', '.join(kinds)}",
-        file=sys.stderr,
-    )
+    errors = report.errors
+    kinds = ", ".join(sorted({p.kind for p in errors}))
+    first = " ".join(errors[0].message.split())
+    summary = f"{report.target}: {len(errors)} problem(s): {kinds}; first: {first}"
+    print(f"wegeft-vision data check: {summary}", file=sys.stderr)
     return 1
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import pickle
 import sys
 from collections.abc import Sequence
 
@@ -17,7 +18,7 @@ COMMANDS = {
     "search": search,
     "report": report,
 }
-USER_ERRORS = (ValueError, TypeError, OSError, KeyError, argparse.ArgumentError)
+USER_ERRORS = (ValueError, TypeError, OSError, KeyError, argparse.ArgumentError, pickle.UnpicklingError)
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
 
@@ -48,10 +49,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command and command[0] in LIGHTNING_COMMANDS:
         from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-        from .lightning import run_lightning  # Lightning's parser owns these sub-commands
+        from ..training import TrainingDiverged
+        from ..training.cli import run_lightning  # Lightning's parser owns these sub-commands
 
         try:
             return run_lightning(command)
+        except TrainingDiverged as err:
+            if debug:
+                raise
+            print(f"wegeft-vision {command[0]}: training diverged: {err}", file=sys.stderr)
+            return 1
         except (*USER_ERRORS, MisconfigurationException) as err:
             if debug:
                 raise

@@ -12,20 +12,20 @@ run on N GPUs with DDP instead (with `--gpus`, one worker per group of N GPUs).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
+if TYPE_CHECKING:  # Optuna, SQLAlchemy and Lightning load only when a protocol runs
+    from ..protocol.launch import Request
+
+STAGES = ("search", "final")
+
 HELP = "run the search-then-final protocol (search, selection on val, final on test) and append to OUT/results.csv"
 SEARCH_HELP = "run search workers only (the grid of each task x method x seed) against a shared study storage"
-PROTOCOL_FILE = "protocol.json"
 
 
 def _list(values: list[str] | None) -> list[str] | None:
@@ -78,130 +78,57 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no Lightning progress bars")
     parser.add_argument("--poll", type=float, default=30.0, help="seconds between checks while others train")
     parser.add_argument("--heartbeat", type=int, default=60, help="seconds between trial heartbeats (RDB storages)")
+    parser.add_argument(
+        "--checkpoint-every", type=int, default=1, metavar="N", help="epochs between the checkpoints runs resume from"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 
 
-def _worker_argv(argv: list[str]) -> list[str]:
-    """The command line of a worker process: the parent's, without the options that spawn workers."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        if arg in ("--workers", "--gpus"):
-            skip = True
-            continue
-        if arg.startswith(("--workers=", "--gpus=")):
-            continue
-        out.append(arg)
-    return [*out, "--worker", "--no-progress"]
+def request_of(args: argparse.Namespace, stages: tuple[str, ...]) -> Request:
+    """The protocol request of the parsed command line."""
+    from ..protocol.launch import Request
 
-
-def _spawn_workers(args: argparse.Namespace) -> int:
-    gpus = [g for g in (args.gpus or "").split(",") if g]
-    if len(gpus) % args.devices:
-        raise ValueError(f"--gpus {args.gpus} does not split into workers of --devices {args.devices} GPUs each")
-    groups = [",".join(gpus[i : i + args.devices]) for i in range(0, len(gpus), args.devices)]
-    count = len(groups) or args.workers
-    argv = _worker_argv(args.argv)
-    processes = []
-    threads = str(max(1, (os.cpu_count() or 1) // count))
-    for index in range(count):
-        env = dict(os.environ)
-        env.setdefault("OMP_NUM_THREADS", threads)  # workers x threads = cores: oversubscribed CPUs crawl
-        if groups:
-            env["CUDA_VISIBLE_DEVICES"] = groups[index]  # one worker per GPU, or per group of --devices GPUs
-        processes.append(subprocess.Popen([sys.executable, "-m", "wegeft_vision.cli", *argv], env=env))
-    print(f"started {count} workers (pids {', '.join(str(p.pid) for p in processes)})", flush=True)
-    try:
-        codes = [p.wait() for p in processes]
-    except KeyboardInterrupt:  # the workers got the same Ctrl-C: they fail their trials and exit
-        codes = [p.wait() for p in processes]
-        print("interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-    return max(codes)
-
-
-def _check_protocol_file(out: Path, record: dict[str, Any]) -> None:
-    path = out / PROTOCOL_FILE
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        if saved.get("fingerprint") != record["fingerprint"]:
-            raise ValueError(
-                f"{path} was written by preset {saved.get('preset')!r} with other settings (recipe, overrides, grids "
-                "or search length differ); results would not be comparable: use another --out"
-            )
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, path)
-
-
-def run(args: argparse.Namespace, stages: tuple[str, ...] = ("search", "final")) -> int:
-    from ..protocol.preset import load_preset
-    from ..protocol.runner import Protocol, expand_units, prepare_data, resolve_tasks
-    from ..protocol.runs import check_overrides
-    from ..protocol.search import open_storage
-
-    if args.workers < 1 or args.devices < 1:
-        raise ValueError("--workers and --devices should be at least 1")
-    preset = load_preset(args.config)
     overrides = dict(args.set)
     for key, value in (("model.backbone", args.backbone), ("model.weights", args.weights)):
         if value:
             overrides[key] = value
     if args.precision:
         overrides["trainer.precision"] = args.precision
-    check_overrides(overrides, "--set")
-    check_overrides(preset.overrides, f"preset {preset.path}: override")
-    for label, grid in preset.methods.items():
-        check_overrides(grid.overrides, f"preset {preset.path}: method {label}: override")
-    preset = replace(preset, overrides={**preset.overrides, **overrides})
-    if args.final_includes_val is not None:
-        preset = replace(preset, final_includes_val=args.final_includes_val)
-    methods = _list(args.methods) or list(preset.methods)
-    unknown = [m for m in methods if m not in preset.methods]
-    if unknown:
-        raise ValueError(
-            f"unknown method {unknown[0]!r} for preset {preset.name}; expected one of {list(preset.methods)}"
-        )
-    pairs = resolve_tasks(args.benchmark, _list(args.tasks), preset)
-    if args.data_root is not None and not args.data_root.is_dir():
-        raise FileNotFoundError(f"--data-root {args.data_root} does not exist")
-    data_root = args.data_root or (args.out / "data" if preset.synthetic else None)
-    tasks = prepare_data(pairs, data_root, preset)
-    units = expand_units(tasks, methods, list(args.seeds or preset.seeds))
-    protocol = Protocol(
-        preset,
-        units,
-        args.out,
-        data_root,
+    return Request(
+        preset=args.config,
+        out=args.out,
+        benchmark=args.benchmark,
+        tasks=_list(args.tasks),
+        methods=_list(args.methods),
+        seeds=args.seeds,
+        data_root=args.data_root,
         splits_dir=args.splits_dir,
         storage=args.storage,
+        overrides=overrides,
+        final_includes_val=args.final_includes_val,
         stages=stages,
         devices=args.devices,
         progress=not args.no_progress and sys.stdout.isatty(),
         poll=args.poll,
         heartbeat=args.heartbeat,
+        checkpoint_every=args.checkpoint_every,
     )
-    protocol.check_configurations()  # before anything is pinned or written
-    _check_protocol_file(
-        args.out,
-        {
-            "preset": preset.name,
-            "preset_file": str(preset.path),
-            "fingerprint": preset.fingerprint(),
-            "overrides": preset.overrides,
-            "final_includes_val": preset.final_includes_val,
-            "storage": args.storage,
-        },
-    )
-    if (args.workers > 1 or args.gpus) and not args.worker:
-        open_storage(args.storage, args.out, args.heartbeat)  # create the schema once, before the workers race to
-        return _spawn_workers(args)
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+
+
+def run(args: argparse.Namespace, stages: tuple[str, ...] = STAGES) -> int:
+    from ..protocol.launch import pin, prepare
+    from ..protocol.workers import gpu_groups, spawn_workers
+
+    if args.workers < 1:
+        raise ValueError(f"--workers should be at least 1, got {args.workers}")
+    groups = gpu_groups(args.gpus, args.devices)
+    protocol = prepare(request_of(args, stages))  # every input checked: nothing written yet but synthetic tasks
+    pin(protocol)
     try:
+        if (args.workers > 1 or groups) and not args.worker:
+            protocol.storage  # noqa: B018 - the schema created once, before the workers race to create it
+            return spawn_workers(args.argv, args.workers, groups)
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
         return protocol.run()
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from ..data.registry import STAGES
 from ..protocol.report import build_tables, read_results, render_markdown, write_tables
+from ..protocol.results import TornRowWarning
 
 HELP = "tabulate results.csv files: Markdown and CSV tables and an accuracy-vs-parameters plot per benchmark"
 
@@ -24,7 +26,12 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    tables = build_tables(read_results(args.results), args.stage)
+    with warnings.catch_warnings(record=True) as caught:  # torn rows (a crash mid-write): skipped, one line each
+        warnings.simplefilter("always", TornRowWarning)
+        rows = read_results(args.results)
+    for warning in caught:
+        print(f"wegeft-vision report: warning: {warning.message}", file=sys.stderr)
+    tables = build_tables(rows, args.stage)
     for table in tables:
         print(render_markdown(table))
         for warning in table.warnings:

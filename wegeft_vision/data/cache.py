@@ -1,7 +1,7 @@
 """Decoded-tensor cache: images decoded and resized once into a memory-mapped uint8 store on disk.
 
-An entry is keyed by dataset, split, size, interpolation (the geometry's description), labels and the checksum of
-every image file, so a changed file gives a new key and the stale entry is replaced.
+An entry is keyed by dataset, split, size, interpolation (the geometry's description), labels, the checksum of every
+image file and the decoder's version, so a changed file or decoding rule gives a new key; the stale entry is replaced.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .images import read_image
+from .images import DECODER_VERSION, read_image
 
 Samples = Sequence[tuple[Path, int]]
 
@@ -33,11 +33,12 @@ def file_digest(path: str | Path) -> str:
 
 
 def cache_key(dataset: str, split: str, size: int, geometry: str, samples: Samples, workers: int = 4) -> str:
-    """The identity of a cache entry: sha256 over the settings and, per sample, its path, label and file checksum."""
+    """The identity of a cache entry: sha256 over the settings and the decoder's version and, per sample, its path,
+    label and file checksum."""
     paths = [Path(p) for p, _ in samples]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         digests = list(pool.map(file_digest, paths))
-    key = hashlib.sha256(json.dumps([dataset, split, size, geometry]).encode())
+    key = hashlib.sha256(json.dumps([dataset, split, size, geometry, DECODER_VERSION]).encode())
     for (path, label), digest in zip(samples, digests, strict=True):
         key.update(f"{path}\t{label}\t{digest}\n".encode())
     return key.hexdigest()

@@ -1,4 +1,11 @@
-"""The checks behind `wegeft-vision data check`: layout, counts, checksums, decodable images, labels, per split."""
+"""The checks behind `wegeft-vision data check`: layout, counts, checksums, split files, images, labels, per split.
+
+Errors fail the check: what is missing or unreadable, wrong counts or checksums, unknown labels, a path listed twice in
+a split file, a sample in two splits that must be disjoint, a path outside the dataset's folder, an image refused by
+the decoder (too many pixels, no known 8-bit range). Warnings are reported and let it pass: what loading changes about
+an image (16 bits, transparency, CMYK, EXIF orientation; see `data.images`), a byte-order mark, identical image files
+under different paths in splits that must be disjoint.
+"""
 
 from __future__ import annotations
 
@@ -9,27 +16,59 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import fgvc, vtab1k
+from . import fgvc, images, vtab1k
 from .folders import imagefolder_split, is_folder_ref, listing_sha256, open_folder
-from .images import verify_image
-from .manifests import Manifest, load_manifest, read_manifest, sha256_of
+from .manifests import Manifest, SplitListing, load_manifest, outside_root, read_manifest, sample_id, sha256_of
 from .registry import FGVC, FGVC_SPLITS, IMAGEFOLDER, IMAGEFOLDER_SPLITS, VTAB1K, VTAB_SPLITS, parse_target
 
+ERROR, WARNING = "error", "warning"
 MISSING_FOLDER = "missing folder"
 MISSING_FILE = "missing file"
 UNREADABLE_FILE = "unreadable file"
 COUNT_MISMATCH = "count mismatch"
 CHECKSUM_MISMATCH = "checksum mismatch"
 UNKNOWN_LABEL = "unknown label"
-PROBLEM_KINDS = (MISSING_FOLDER, MISSING_FILE, UNREADABLE_FILE, COUNT_MISMATCH, CHECKSUM_MISMATCH, UNKNOWN_LABEL)
+DUPLICATE_ENTRY = "duplicate entry"
+SPLIT_OVERLAP = "split overlap"
+OUTSIDE_ROOT = "path outside root"
+IMAGE_TOO_LARGE = "image too large"
+UNSUPPORTED_IMAGE = "unsupported image"
+BYTE_ORDER_MARK = "byte-order mark"  # warnings from here on, and the image warnings of `data.images`
+IDENTICAL_FILES = "identical files"
+PROBLEM_KINDS = (
+    *(MISSING_FOLDER, MISSING_FILE, UNREADABLE_FILE, COUNT_MISMATCH, CHECKSUM_MISMATCH, UNKNOWN_LABEL),
+    *(DUPLICATE_ENTRY, SPLIT_OVERLAP, OUTSIDE_ROOT, IMAGE_TOO_LARGE, UNSUPPORTED_IMAGE),
+    *(BYTE_ORDER_MARK, IDENTICAL_FILES, images.SIXTEEN_BIT, images.TRANSPARENCY, images.CMYK, images.EXIF_ORIENTATION),
+)
+_IMAGE_ERRORS = {
+    images.MISSING: MISSING_FILE,
+    images.UNREADABLE: UNREADABLE_FILE,
+    images.TOO_LARGE: IMAGE_TOO_LARGE,
+    images.UNSUPPORTED: UNSUPPORTED_IMAGE,
+}
+Pairs = tuple[tuple[str, str], ...]
+# splits that must share no image (VTAB-1k's train800 and val200 are parts of train800val200 by design)
+DISJOINT: dict[str, Pairs] = {
+    VTAB1K: (("train800", "val200"), ("train800", "test"), ("val200", "test"), ("train800val200", "test")),
+    FGVC: (("train", "val"), ("train", "test"), ("val", "test")),
+    IMAGEFOLDER: (("train", "val"), ("train", "test"), ("val", "test")),
+}
+Use = tuple["SplitReport", int | None]  # a split that lists an image, and the line that does (None: no list file)
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong, with a message that names the file or value at fault and what was expected."""
+    """One thing wrong, with a message that names the file (and line) or value at fault and what was expected.
+
+    `severity` is `error` (the check fails) or `warning` (reported; the check passes).
+    """
 
     kind: str
     message: str
+    severity: str = ERROR
+
+    def __str__(self) -> str:
+        return f"[{self.kind}] {self.message}" if self.severity == ERROR else f"warning [{self.kind}] {self.message}"
 
 
 @dataclass
@@ -47,7 +86,19 @@ class SplitReport:
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.errors
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == ERROR]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity != ERROR]
+
+    @property
+    def status(self) -> str:
+        return _tally("ok", self.errors, self.warnings)
 
 
 @dataclass
@@ -61,30 +112,44 @@ class CheckReport:
 
     @property
     def ok(self) -> bool:
-        return not self.all_problems
+        return not self.errors
 
     @property
     def all_problems(self) -> list[Problem]:
+        """Errors and warnings, dataset-level first."""
         return self.problems + [p for s in self.splits for p in s.problems]
 
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.all_problems if p.severity == ERROR]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.all_problems if p.severity != ERROR]
+
     def format(self, max_per_split: int = 20) -> str:
-        """A per-split text report; at most `max_per_split` problems are listed per split (0: all)."""
+        """A per-split text report, errors before warnings; at most `max_per_split` are listed per split (0: all)."""
         lines = [f"{self.target} at {self.root}"]
-        lines += [f"  [{p.kind}] {p.message}" for p in self.problems]
+        lines += [f"  {p}" for p in self.problems]
         for s in self.splits:
             count = "?" if s.count is None else f"{s.count:,}"
             expected = "" if s.expected is None else f" / {s.expected:,} expected"
             classes = "" if s.num_classes is None else f", {s.num_classes} classes"
-            status = "ok" if s.ok else f"{len(s.problems)} problem(s)"
-            lines.append(f"  {s.split:<15} {count} entries{expected}{classes}, {s.images_checked:,} images: {status}")
+            lines.append(f"  {s.split:<15} {count} entries{expected}{classes}, {s.images_checked:,} images: {s.status}")
             lines += [f"      note: {n}" for n in s.notes]
-            shown = s.problems if max_per_split <= 0 else s.problems[:max_per_split]
-            lines += [f"      [{p.kind}] {p.message}" for p in shown]
-            if len(shown) < len(s.problems):
-                lines.append(f"      ... and {len(s.problems) - len(shown)} more (--max-problems 0 lists all)")
-        total = len(self.all_problems)
-        lines.append("OK" if total == 0 else f"FAILED: {total} problem(s)")
+            found = s.errors + s.warnings
+            shown = found if max_per_split <= 0 else found[:max_per_split]
+            lines += [f"      {p}" for p in shown]
+            if len(shown) < len(found):
+                lines.append(f"      ... and {len(found) - len(shown)} more (--max-problems 0 lists all)")
+        lines.append(_tally("OK", self.errors, self.warnings, failed="FAILED: "))
         return "\n".join(lines)
+
+
+def _tally(ok: str, errors: list[Problem], warnings: list[Problem], failed: str = "") -> str:
+    """`ok`, `ok, 2 warning(s)`, or `<failed>1 problem(s)[, 2 warning(s)]`."""
+    warned = [f"{len(warnings)} warning(s)"] if warnings else []
+    return ", ".join([f"{failed}{len(errors)} problem(s)" if errors else ok, *warned])
 
 
 def _manifest_for(benchmark: str, name: str, manifest: Manifest | str | Path | None) -> Manifest:
@@ -121,23 +186,76 @@ def _check_checksum(report: SplitReport, expected: str | None) -> None:
         report.problems.append(Problem(CHECKSUM_MISMATCH, f"{report.file}: sha256 {actual}, expected {expected}"))
 
 
-def _verify_images(uses: dict[Path, list[SplitReport]], workers: int) -> None:
-    """Decode every distinct image once and file a problem under each split that lists a bad one."""
+def _where(split: SplitReport, line: int | None) -> str:
+    return split.file.name if line is None else f"{split.file.name}:{line}"
+
+
+def _check_listing(split: SplitReport, listing: SplitListing) -> list[tuple[int, str]]:
+    """File a split file's byte-order mark, repeated paths and paths outside the root; `(line, path)` of the others."""
+    if listing.bom:
+        message = f"{listing.file}: starts with a UTF-8 byte-order mark (ignored when loading)"
+        split.problems.append(Problem(BYTE_ORDER_MARK, message, WARNING))
+    for (line, rel, _), first in listing.duplicates():
+        split.problems.append(Problem(DUPLICATE_ENTRY, f"{listing.file}:{line}: {rel} is listed again (line {first})"))
+    for (line, _, _), reason in listing.outside_root():
+        split.problems.append(Problem(OUTSIDE_ROOT, f"{listing.file}:{line}: {reason} (not read)"))
+    return [(line, rel) for line, rel, _ in listing.entries if outside_root(rel) is None]
+
+
+def _check_disjoint(listings: dict[str, tuple[SplitReport, SplitListing]], pairs: Pairs) -> None:
+    """File every sample of a split that an earlier split, which it must not overlap, lists too."""
+    first_line = {
+        name: {sample_id(rel): line for line, rel, _ in reversed(listing.entries)}
+        for name, (_, listing) in listings.items()
+    }
+    for name, (split, listing) in listings.items():
+        earlier = [a for a, b in pairs if b == name and a in listings]
+        for line, rel, _ in listing.entries:
+            key = sample_id(rel)
+            found = [a for a in earlier if key in first_line[a]]
+            if found:
+                where = ", ".join(f"{listings[a][1].file.name}:{first_line[a][key]}" for a in found)
+                message = f"{listing.file}:{line}: {rel} is also in {where} ({name} must share no image with them)"
+                split.problems.append(Problem(SPLIT_OVERLAP, message))
+
+
+def _verify_images(uses: dict[Path, list[Use]], workers: int, pairs: Pairs) -> None:
+    """Decode every distinct image once; file its error or warnings under each split that lists it, and identical
+    files under different paths in splits that must be disjoint."""
+    images.pixel_limit()  # a bad $WEGEFT_MAX_IMAGE_PIXELS is a user error, raised once here
     paths = list(uses)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = list(pool.map(verify_image, paths, chunksize=64))
-    for path, reason in zip(paths, results, strict=True):
-        for report in uses[path]:
-            report.images_checked += 1
-            if reason == "missing":
-                report.problems.append(Problem(MISSING_FILE, f"{report.file.name}: missing image {path}"))
-            elif reason is not None:
-                report.problems.append(Problem(UNREADABLE_FILE, f"{report.file.name}: image {path} is {reason}"))
+        results = list(pool.map(images.inspect_image, paths))
+    holders: dict[str, list[tuple[Path, SplitReport, int | None]]] = defaultdict(list)
+    for path, found in zip(paths, results, strict=True):
+        for split, line in uses[path]:
+            split.images_checked += 1
+            where = _where(split, line)
+            if found.error == images.MISSING:
+                split.problems.append(Problem(MISSING_FILE, f"{where}: missing image {path}"))
+            elif found.error is not None:
+                message = f"{where}: image {path} is {found.error}: {found.reason}"
+                split.problems.append(Problem(_IMAGE_ERRORS[found.error], message))
+            for kind, detail in found.warnings:
+                split.problems.append(Problem(kind, f"{where}: image {path}: {detail}", WARNING))
+            if found.digest is not None:
+                holders[found.digest].append((path, split, line))
+    disjoint = set(pairs)
+    for group in holders.values():
+        for path, split, line in group:
+            twin = next(((p, s, n) for p, s, n in group if p != path and (s.split, split.split) in disjoint), None)
+            if twin is not None:
+                other, other_split, other_line = twin
+                message = (
+                    f"{_where(split, line)}: image {path} has the same bytes as {other} "
+                    f"({_where(other_split, other_line)}); {split.split} and {other_split.split} should share no image"
+                )
+                split.problems.append(Problem(IDENTICAL_FILES, message, WARNING))
 
 
-def _collect(uses: dict[Path, list[SplitReport]], report: SplitReport, paths: Iterable[Path]) -> None:
-    for path in paths:
-        uses[path].append(report)
+def _collect(uses: dict[Path, list[Use]], split: SplitReport, folder: Path, entries: Iterable[tuple[int | None, str]]):
+    for line, rel in entries:
+        uses[folder / sample_id(rel)].append((split, line))
 
 
 def default_workers() -> int:
@@ -170,7 +288,8 @@ def check_vtab1k(
         report.problems.append(Problem(MISSING_FOLDER, str(err)))
         return report
     report.root = folder
-    uses: dict[Path, list[SplitReport]] = defaultdict(list)
+    uses: dict[Path, list[Use]] = defaultdict(list)
+    listings: dict[str, tuple[SplitReport, SplitListing]] = {}
     for entry in sorted(manifest.splits.values(), key=lambda e: VTAB_SPLITS.index(e.name)):
         split = SplitReport(entry.name, folder / entry.file, expected=entry.count)
         report.splits.append(split)
@@ -179,10 +298,11 @@ def check_vtab1k(
             continue
         _check_checksum(split, entry.sha256)
         try:
-            samples = vtab1k.read_split_file(split.file)
+            listing = vtab1k.parse_split_file(split.file)
         except ValueError as err:
             split.problems.append(Problem(UNREADABLE_FILE, str(err)))
             continue
+        samples = listing.samples
         split.count, split.num_classes = len(samples), len({label for _, label in samples})
         _check_count(split, split.count, entry.count, "entries", allow_count_mismatch)
         for rel, label in samples:
@@ -193,9 +313,12 @@ def check_vtab1k(
                         f"{split.file.name}: label {label} of {rel} is outside 0..{manifest.num_classes - 1}",
                     )
                 )
+        inside = _check_listing(split, listing)
+        listings[entry.name] = (split, listing)
         if verify_images:
-            _collect(uses, split, (folder / rel for rel, _ in samples))
-    _verify_images(uses, workers or default_workers())
+            _collect(uses, split, folder, inside)
+    _check_disjoint(listings, DISJOINT[VTAB1K])
+    _verify_images(uses, workers or default_workers(), DISJOINT[VTAB1K])
     return report
 
 
@@ -222,13 +345,14 @@ def check_fgvc(
     manifest = _manifest_for(FGVC, dataset, manifest)
     root = Path(root)
     report = CheckReport(target=f"{FGVC}/{manifest.name}", root=root)
-    images = fgvc.image_dir(root, manifest.name, manifest.image_folder)
-    if not images.is_dir():
-        what = "dataset folder" if images == root else f"image folder {manifest.image_folder!r} of {manifest.name}"
-        report.problems.append(Problem(MISSING_FOLDER, f"missing {what}: {images}"))
+    folder = fgvc.image_dir(root, manifest.name, manifest.image_folder)
+    if not folder.is_dir():
+        what = "dataset folder" if folder == root else f"image folder {manifest.image_folder!r} of {manifest.name}"
+        report.problems.append(Problem(MISSING_FOLDER, f"missing {what}: {folder}"))
         return report
     splits_dir = Path(splits_dir) if splits_dir is not None else root
-    uses: dict[Path, list[SplitReport]] = defaultdict(list)
+    uses: dict[Path, list[Use]] = defaultdict(list)
+    listings: dict[str, tuple[SplitReport, SplitListing]] = {}
     known: set | None = None
     train_name = None
     for entry in sorted(manifest.splits.values(), key=lambda e: FGVC_SPLITS.index(e.name)):
@@ -240,13 +364,14 @@ def check_fgvc(
             continue
         _check_checksum(split, entry.sha256)
         try:
-            labels = fgvc.read_split_file(path)
+            listing = fgvc.parse_split_file(path)
+            labels = dict(listing.samples)  # a repeated path keeps its last label, as JSON readers do
             if entry.name == "train":
                 known, train_name = set(fgvc.class_ids_of(labels, str(path))), path.name
         except ValueError as err:
             split.problems.append(Problem(UNREADABLE_FILE, str(err)))
             continue
-        split.count, split.num_classes = len(labels), len(set(labels.values()))
+        split.count, split.num_classes = len(listing.entries), len(set(labels.values()))
         _check_count(split, split.count, entry.count, "entries", allow_count_mismatch)
         if entry.name == "train":
             _check_count(split, split.num_classes, manifest.num_classes, "classes", allow_count_mismatch)
@@ -262,9 +387,12 @@ def check_fgvc(
                     f"{path.name}: label {label!r} ({len(rels)} image(s), e.g. {rels[0]}) is absent from {train_name}"
                 )
                 split.problems.append(Problem(UNKNOWN_LABEL, message))
+        inside = _check_listing(split, listing)
+        listings[entry.name] = (split, listing)
         if verify_images:
-            _collect(uses, split, (images / rel for rel in labels))
-    _verify_images(uses, workers or default_workers())
+            _collect(uses, split, folder, inside)
+    _check_disjoint(listings, DISJOINT[FGVC])
+    _verify_images(uses, workers or default_workers(), DISJOINT[FGVC])
     return report
 
 
@@ -278,7 +406,7 @@ def check_imagefolder(
     """Check a folder in the ImageFolder layout against its manifest: class folders, counts, listings, images."""
     folder = Path(folder)
     report = CheckReport(target=f"{manifest.benchmark}/{manifest.name}", root=folder)
-    uses: dict[Path, list[SplitReport]] = defaultdict(list)
+    uses: dict[Path, list[Use]] = defaultdict(list)
     for split in IMAGEFOLDER_SPLITS:
         entry = manifest.splits[split]
         split_report = SplitReport(split, folder / entry.file, expected=entry.count)
@@ -297,9 +425,9 @@ def check_imagefolder(
             split_report.problems.append(
                 Problem(CHECKSUM_MISMATCH, f"{split_report.file}: images were renamed or moved since {manifest.path}")
             )
-        if verify_images:
-            _collect(uses, split_report, (folder / rel for rel, _ in samples))
-    _verify_images(uses, workers or default_workers())
+        if verify_images:  # paths found by walking the folder: inside it, one listing per split
+            _collect(uses, split_report, folder, ((None, rel) for rel, _ in samples))
+    _verify_images(uses, workers or default_workers(), DISJOINT[IMAGEFOLDER])
     return report
 
 

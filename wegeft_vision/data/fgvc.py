@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .manifests import SplitListing, read_text
 from .registry import FGVC_DATASETS, FGVC_SPLITS, fgvc_dataset
 
 ClassId = int | str
@@ -49,26 +51,67 @@ def split_file(splits_dir: str | Path, dataset: str, split: str) -> Path:
     return nested if nested.is_file() else Path(splits_dir) / f"{split}.json"
 
 
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"(\s*:)?')  # every string of a JSON text; group 1: it is a key
+
+
+class _Pairs(list):
+    """A JSON object as its `(key, value)` pairs in order, duplicates kept (`json.loads` keeps the last)."""
+
+
+def _key_lines(text: str) -> list[int]:
+    """The line of each object key of a JSON text, in order."""
+    lines, line, at = [], 1, 0
+    for match in _JSON_STRING.finditer(text):
+        if match.group(1):
+            line += text.count("\n", at, match.start())
+            at = match.start()
+            lines.append(line)
+    return lines
+
+
+def parse_split_file(path: str | Path) -> SplitListing:
+    """One split file as written: `(line, relative_image_path, original_label)` per key, duplicate keys kept (a JSON
+    object would keep only the last); paths are not judged. A UTF-8 byte-order mark is dropped (`SplitListing.bom`).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: not UTF-8, not JSON, not an object, or a label that is neither an integer nor a string.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"missing split file {path}")
+    text, bom = read_text(path)
+    try:
+        raw = json.loads(text, object_pairs_hook=_Pairs)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"split file {path} is not valid JSON: {err}") from err
+    if not isinstance(raw, _Pairs):
+        kind = "object" if isinstance(raw, list) else type(raw).__name__
+        raise ValueError(f"split file {path} should hold a JSON object {{image_path: label}}, got {kind}")
+    for rel, label in raw:
+        if isinstance(label, bool) or not isinstance(label, int | str):
+            raise ValueError(f"split file {path}: label of {rel!r} should be an integer or a string, got {label!r}")
+    lines = _key_lines(text)
+    if len(lines) != len(raw):  # cannot happen once labels are scalars; keep the entries, lose the lines
+        lines = [0] * len(raw)
+    return SplitListing(path, [(line, rel, label) for line, (rel, label) in zip(lines, raw, strict=True)], bom)
+
+
 def read_split_file(path: str | Path) -> dict[str, ClassId]:
     """The raw `{relative_image_path: original_label}` mapping of one split file.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: not JSON, not an object, or a label that is neither an integer nor a string.
+        ValueError: as `parse_split_file`; a key listed twice, or a path that is absolute or leaves the image folder
+            (file and lines named).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"missing split file {path}")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"split file {path} is not valid JSON: {err}") from err
-    if not isinstance(raw, dict):
-        raise ValueError(f"split file {path} should hold a JSON object {{image_path: label}}, got {type(raw).__name__}")
-    for rel, label in raw.items():
-        if isinstance(label, bool) or not isinstance(label, int | str):
-            raise ValueError(f"split file {path}: label of {rel!r} should be an integer or a string, got {label!r}")
-    return raw
+    listing = parse_split_file(path)
+    repeated = listing.duplicates()
+    if repeated:
+        (line, rel, _), first = repeated[0]
+        raise ValueError(f"{listing.file}:{line}: {rel!r} repeats the image of line {first}; a JSON object keeps one")
+    listing.require_inside_root()
+    return dict(listing.samples)
 
 
 def class_ids_of(labels: Mapping[str, ClassId], where: str = "train split") -> list[ClassId]:

@@ -19,9 +19,9 @@ from typing import Any
 
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
-from .manifests import Manifest, SplitEntry, read_manifest, sha256_of, write_manifest
+from .manifests import Manifest, SplitEntry, read_manifest, read_text, sha256_of, write_manifest
 from .registry import BENCHMARKS, CUSTOM, IMAGEFOLDER, IMAGEFOLDER_SPLITS, VTAB1K, VTAB_SPLITS
-from .vtab1k import read_split_file, split_path
+from .vtab1k import parse_split_file, read_split_file, split_path
 
 MANIFEST_FILE = "manifest.yaml"
 CLASSES_FILE = "classes.txt"
@@ -122,13 +122,13 @@ def describe_folder(folder: str | Path, group: str | None = None, source: dict[s
             splits[split] = SplitEntry(split, split, len(samples), sha256=listing_sha256(samples))
     else:
         labels = set()
-        for split in VTAB_SPLITS:
-            samples = read_split_file(folder / f"{split}.txt")
+        for split in VTAB_SPLITS:  # paths are judged by `data check` and on loading, not here
+            samples = parse_split_file(folder / f"{split}.txt").samples
             labels |= {label for _, label in samples}
             splits[split] = SplitEntry(split, f"{split}.txt", len(samples), sha256=sha256_of(folder / f"{split}.txt"))
         names_file = folder / CLASSES_FILE
         names = (
-            [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
+            [line.strip() for line in read_text(names_file)[0].splitlines() if line.strip()]
             if names_file.is_file()
             else []
         )

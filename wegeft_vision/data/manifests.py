@@ -1,9 +1,12 @@
-"""Split manifests (`data_splits/*.yaml`): where each split file comes from, its sha256, and the expected counts."""
+"""Split manifests (`data_splits/*.yaml`): where each split file comes from, its sha256, and the expected counts; and
+what every split file must be (strict UTF-8 text whose paths stay inside the dataset's folder)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,7 +152,7 @@ def read_manifest(path: str | Path) -> Manifest:
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(read_text(path)[0])
     except yaml.YAMLError as err:
         raise ValueError(f"manifest {path} is not valid YAML: {err}") from err
     manifest = parse_manifest(raw, str(path))
@@ -200,3 +203,77 @@ def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+BOM = b"\xef\xbb\xbf"
+Entry = tuple[int, str, Any]  # (line number, relative path as written, label)
+
+
+def read_text(path: str | Path) -> tuple[str, bool]:
+    """The text of a UTF-8 file, and whether it began with a byte-order mark (which is dropped, never read as part of
+    the first path).
+
+    Raises:
+        ValueError: bytes that are not UTF-8; the message names the file, line and byte offset.
+    """
+    data = Path(path).read_bytes()
+    bom = data.startswith(BOM)
+    try:
+        return data[len(BOM) if bom else 0 :].decode("utf-8"), bom
+    except UnicodeDecodeError as err:
+        offset = err.start + (len(BOM) if bom else 0)
+        line = data[:offset].count(b"\n") + 1
+        raise ValueError(
+            f"{path}:{line}: not valid UTF-8 (byte 0x{data[offset]:02x} at offset {offset}); save the file as UTF-8"
+        ) from None
+
+
+def sample_id(rel: str) -> str:
+    """The identity of a listed image: its relative path normalized (`./a/../b.png` and `b.png` are one sample)."""
+    return posixpath.normpath(rel)
+
+
+def outside_root(rel: str) -> str | None:
+    """Why the relative path `rel` would read outside the dataset's folder (absolute, or `..` above it), or None."""
+    if rel.startswith(("/", "\\")) or re.match(r"[A-Za-z]:[/\\]", rel):  # a POSIX or Windows root (C:/, \\server)
+        return f"path {rel!r} is absolute; expected a path relative to the dataset's folder"
+    norm = posixpath.normpath(rel)
+    if norm == ".." or norm.startswith("../"):
+        return f"path {rel!r} leaves the dataset's folder ('..')"
+    return None
+
+
+@dataclass(frozen=True)
+class SplitListing:
+    """One split file as written: `(line, relative path, label)` per entry, and whether it began with a UTF-8 BOM.
+
+    Symbolic links are followed: a link is the dataset owner's own choice (e.g. images kept on another disk).
+    """
+
+    file: Path
+    entries: list[Entry]
+    bom: bool = False
+
+    @property
+    def samples(self) -> list[tuple[str, Any]]:
+        return [(rel, label) for _, rel, label in self.entries]
+
+    def outside_root(self) -> list[tuple[Entry, str]]:
+        """The entries whose path is absolute or climbs above the dataset's folder, each with the reason."""
+        found = ((entry, outside_root(entry[1])) for entry in self.entries)
+        return [(entry, reason) for entry, reason in found if reason is not None]
+
+    def duplicates(self) -> list[tuple[Entry, int]]:
+        """The entries whose (normalized) path an earlier line already lists, each with that earlier line."""
+        first: dict[str, int] = {}
+        out = []
+        for entry in self.entries:
+            line = first.setdefault(sample_id(entry[1]), entry[0])
+            if line != entry[0]:
+                out.append((entry, line))
+        return out
+
+    def require_inside_root(self) -> None:
+        """Raises ValueError (file and line named) for the first entry that would read outside the dataset's folder."""
+        for (line, _, _), reason in self.outside_root():
+            raise ValueError(f"{self.file}:{line}: {reason}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from .manifests import SplitListing, read_text
 from .registry import VTAB_SPLITS, VTAB_TASKS, vtab_task
 
 Sample = tuple[str, int]
@@ -40,28 +41,43 @@ def split_path(folder: str | Path, split: str) -> Path:
     return Path(folder) / f"{split}.txt"
 
 
-def read_split_file(path: str | Path) -> list[Sample]:
-    """Parse a split file into `(relative_path, label)` pairs; blank lines are skipped.
+def parse_split_file(path: str | Path) -> SplitListing:
+    """Parse a split file as written, line numbers kept; blank lines are skipped, paths are not judged.
 
-    The label is the last space-separated field, so paths may contain spaces.
+    The label is the last space-separated field, so paths may contain spaces. A UTF-8 byte-order mark is dropped
+    (`SplitListing.bom` says it was there).
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: a line without a label or with a label that is not a non-negative integer (file and line named).
+        ValueError: bytes that are not UTF-8, a line without a label or with a label that is not a non-negative
+            integer (file and line named).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"missing split file {path}")
-    samples = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    text, bom = read_text(path)
+    entries = []
+    for number, line in enumerate(text.split("\n"), start=1):  # numbered as editors do (\r\n included)
         line = line.strip()
         if not line:
             continue
         rel, _, label = line.rpartition(" ")
-        if not rel or not label.isdigit():
+        if not rel or not (label.isascii() and label.isdigit()):
             raise ValueError(f"{path}:{number}: expected 'relative/path label' with an integer label, got {line!r}")
-        samples.append((rel.strip(), int(label)))
-    return samples
+        entries.append((number, rel.strip(), int(label)))
+    return SplitListing(path, entries, bom)
+
+
+def read_split_file(path: str | Path) -> list[Sample]:
+    """The `(relative_path, label)` pairs of a split file (see `parse_split_file`); duplicates are kept as listed.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: as `parse_split_file`, and a path that is absolute or leaves the task folder (file and line named).
+    """
+    listing = parse_split_file(path)
+    listing.require_inside_root()
+    return listing.samples
 
 
 def write_split_file(path: str | Path, samples: Iterable[Sample]) -> Path:

@@ -3,7 +3,8 @@
 VTAB-1k columns follow the paper: the Natural, Specialized and Structured tasks, each group's mean, and `Mean`, the
 mean of the three group means. Tasks outside the registry given by name (synthetic data) are listed last, in no mean.
 Folders of one's own (benchmark `custom`) get a table of their own, grouped by their manifests' `group` when they have
-one (each group's mean, then `Mean` of the group means), else with `Mean` over the tasks.
+one (each group's mean, then `Mean` of the group means), else with `Mean` over the tasks. Diverged runs are listed
+under their table and counted in no cell; rows that conflict for one run, or hold values out of range, are refused.
 """
 
 from __future__ import annotations
@@ -11,19 +12,28 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import statistics
-import tempfile
-from collections.abc import Iterable
+import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data.registry import CUSTOM, FGVC, FGVC_DATASETS, STAGES, VTAB1K, VTAB_TASKS, fgvc_dataset, vtab_task
+from .files import write_atomic
+from .results import STATES, TornRowWarning, scan_file, torn_message
 
-FLOAT_FIELDS = ("lr", "weight_decay", "top1")
-INT_FIELDS = ("seed", "epochs", "params")
-REQUIRED_COLUMNS = ("benchmark", "task", "method", "stage", *FLOAT_FIELDS, *INT_FIELDS, "backbone", "preset")
-DEDUP_KEY = ("benchmark", "task", "method", "stage", "seed", "lr", "weight_decay")
+# column -> (type, the check of its value, what the message says is expected)
+RANGES: dict[str, tuple[type, Callable[[float], bool], str]] = {
+    "lr": (float, lambda v: v > 0, "a number > 0"),
+    "weight_decay": (float, lambda v: v >= 0, "a number >= 0"),
+    "top1": (float, lambda v: 0 <= v <= 100, "a number in [0, 100] (empty only for a diverged run)"),
+    "seed": (int, lambda v: v >= 0, "an integer >= 0"),
+    "epochs": (int, lambda v: v >= 1, "an integer >= 1"),
+    "params": (int, lambda v: v >= 0, "an integer >= 0"),
+}
+REQUIRED_COLUMNS = ("benchmark", "task", "method", "stage", *RANGES, "backbone", "preset")
+DEDUP_KEY = ("benchmark", "task", "method", "stage", "seed", "lr", "weight_decay")  # with `fingerprint`: results.KEY
+RESULT_FIELDS = ("state", "top1", "params", "epochs", "backbone", "preset")  # must agree between rows of one run
 BENCHMARK_TITLES = {VTAB1K: "VTAB-1k", FGVC: "FGVC", CUSTOM: "Your tasks"}
 STAGE_TITLES = {"final": "test top-1 (final)", "search": "best validation top-1 (search)"}
 VTAB_GROUPS = {"natural": "Natural", "specialized": "Specialized", "structured": "Structured"}
@@ -54,7 +64,7 @@ class MethodRow:
 
 @dataclass
 class Table:
-    """One benchmark's table for one stage, with the notes and warnings that go under it."""
+    """One benchmark's table for one stage, with the notes, diverged runs and warnings that go under it."""
 
     benchmark: str
     stage: str
@@ -63,6 +73,7 @@ class Table:
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
+    diverged: list[str] = field(default_factory=list)  # "<task> <method> seed=.. lr=.. wd=..: <reason>"
 
     @property
     def title(self) -> str:
@@ -70,61 +81,95 @@ class Table:
 
 
 def read_results(paths: str | Path | Iterable[str | Path]) -> list[dict]:
-    """Read one or more results files, numbers parsed, keeping each row's file under the key `_file`.
+    """Read one or more results files, values parsed and checked, keeping each row's file and line (`_file`, `_line`).
+
+    Torn rows (a crash mid-write, see `results.scan_text`) are no results: they are skipped with a `TornRowWarning`.
+    A file without `state` holds finished runs; a `diverged` run has no `top1` (see `build_tables`).
 
     Args:
         paths: a results CSV file or several; the files' rows are concatenated in order.
 
     Raises:
         FileNotFoundError: a file does not exist.
-        ValueError: a file is empty or lacks a required column, or a row holds an unknown benchmark or a
-            numeric field that is not a (finite) number; the message names the file and line.
+        ValueError: a file is empty or lacks a required column, or a row holds an unknown benchmark or state or a
+            value out of range (see `RANGES`); the message names the file, line and column.
     """
     paths = [paths] if isinstance(paths, str | Path) else list(paths)
     rows = []
     for path in map(Path, paths):
         if not path.is_file():
             raise FileNotFoundError(f"results file {path} not found")
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            if not reader.fieldnames:
-                raise ValueError(f"results file {path} is empty (expected a header row: {', '.join(REQUIRED_COLUMNS)})")
-            missing = [name for name in REQUIRED_COLUMNS if name not in reader.fieldnames]
-            if missing:
-                raise ValueError(f"results file {path} lacks the column(s) {', '.join(missing)}")
-            rows.extend(_parse_row(row, path, reader.line_num) for row in reader)
+        scan = scan_file(path)
+        for line, _ in scan.torn:
+            warnings.warn(torn_message(path, line, "skipped"), TornRowWarning, stacklevel=2)
+        if not scan.header:
+            state = "holds only a torn header" if scan.torn else "is empty"
+            raise ValueError(f"results file {path} {state} (expected a header row: {', '.join(REQUIRED_COLUMNS)})")
+        missing = [name for name in REQUIRED_COLUMNS if name not in scan.header]
+        if missing:
+            raise ValueError(f"results file {path} lacks the column(s) {', '.join(missing)}")
+        rows.extend(_parse_row(dict(zip(scan.header, fields, strict=True)), path, line) for line, fields in scan.rows)
     return rows
 
 
 def _parse_row(row: dict, path: Path, line: int) -> dict:
     where = f"{path}, line {line}"
-    parsed = {key: value for key, value in row.items() if key is not None}  # None holds surplus cells
+    parsed = dict(row)
     benchmark = _BENCHMARK_ALIASES.get((row["benchmark"] or "").strip().lower())
     if benchmark is None:
         raise ValueError(f"{where}: unknown benchmark {row['benchmark']!r}; expected vtab-1k, fgvc or {CUSTOM}")
     parsed["benchmark"] = benchmark
-    for name in (*FLOAT_FIELDS, *INT_FIELDS):
+    state = (row.get("state") or "").strip() or "finished"  # files written before the column existed have none
+    if state not in STATES:
+        raise ValueError(f"{where}, column 'state': unknown state {row['state']!r}; expected {' or '.join(STATES)}")
+    parsed["state"] = state
+    for name, (kind, ok, expected) in RANGES.items():
         text = (row[name] or "").strip()
+        if name == "top1" and state == "diverged":
+            parsed[name] = None  # a diverged run has no accuracy, whatever the cell holds
+            continue
         try:
             value = float(text)
         except ValueError:
             value = math.nan
-        if not math.isfinite(value) or (name in INT_FIELDS and not value.is_integer()):
-            kind = "an integer" if name in INT_FIELDS else "a number"
-            raise ValueError(f"{where}: column {name!r} should be {kind}, got {text!r}")
-        parsed[name] = int(value) if name in INT_FIELDS else value
-    parsed["group"] = (row.get("group") or "").strip()  # files written before the column existed have none
-    parsed["_file"] = str(path)
+        if not math.isfinite(value) or (kind is int and not value.is_integer()) or not ok(value):
+            raise ValueError(f"{where}, column {name!r}: expected {expected}, got {text!r}")
+        parsed[name] = kind(value)
+    for name in ("group", "reason", "fingerprint"):
+        parsed[name] = (row.get(name) or "").strip()
+    parsed["_file"], parsed["_line"] = str(path), line
     return parsed
 
 
+def _where(row: dict) -> str:
+    return f"{row.get('_file', 'the results')}, line {row.get('_line', '?')}"
+
+
 def deduplicate(rows: list[dict]) -> list[dict]:
-    """Keep the last of the rows that share (benchmark, task, method, stage, seed, lr, weight_decay)."""
+    """One row per run: identical repeats of a run key (`results.KEY`) are dropped; of rows that share
+    (benchmark, task, method, stage, seed, lr, weight_decay) under different fingerprints, the last is kept.
+
+    Raises:
+        ValueError: two rows of one run key disagree on a result (`RESULT_FIELDS`); the message names both rows.
+    """
+    runs: dict[tuple, dict] = {}
     latest: dict[tuple, dict] = {}
     for row in rows:
-        key = tuple(row[name] for name in DEDUP_KEY)
-        latest.pop(key, None)  # re-insert, so a re-run takes the position of its latest row
-        latest[key] = row
+        key = (*(row[name] for name in DEDUP_KEY), row.get("fingerprint", ""))
+        if (first := runs.get(key)) is not None:
+            differ = [name for name in RESULT_FIELDS if first.get(name) != row.get(name)]
+            if differ:
+                name = differ[0]
+                run = " ".join(f"{n}={v}" for n, v in zip((*DEDUP_KEY, "fingerprint"), key, strict=True) if v != "")
+                raise ValueError(
+                    f"conflicting rows for the run {run}: {_where(first)} has {name}={first.get(name)!r} but "
+                    f"{_where(row)} has {name}={row.get(name)!r}; keep one of them"
+                )
+            continue
+        runs[key] = row
+        short = key[:-1]
+        latest.pop(short, None)  # re-insert, so a re-run takes the position of its latest row
+        latest[short] = row
     return list(latest.values())
 
 
@@ -136,8 +181,10 @@ def build_tables(rows: list[dict], stage: str = "final") -> list[Table]:
         stage: `final` (per method and task, the mean over seeds of the test top-1; of several final rows for one
             seed, the last) or `search` (per seed the best validation top-1 over the grid, then the mean over seeds).
 
+    A diverged run's row only lists it under the table (`Table.diverged`): its task and seed count as without result.
+
     Raises:
-        ValueError: an unknown stage, or no rows of that stage.
+        ValueError: an unknown stage, no rows of that stage, or rows that conflict for one run (see `deduplicate`).
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
@@ -209,19 +256,23 @@ def _layout(benchmark: str, tasks: set[str]) -> tuple[list[str], dict[str, list[
 def _build_table(rows: list[dict], benchmark: str, stage: str) -> Table:
     per_seed: dict[str, dict[str, dict[int, float]]] = {}  # method -> task -> seed -> top-1
     params: dict[str, list[int]] = {}
-    tasks, groups = set(), {}
+    tasks, groups, diverged = set(), {}, []
     for row in rows:
         task = _canonical(benchmark, row["task"])
         tasks.add(task)
         groups[task] = row["group"]
         scores = per_seed.setdefault(row["method"], {}).setdefault(task, {})
-        seed = row["seed"]
-        scores[seed] = max(scores[seed], row["top1"]) if stage == "search" and seed in scores else row["top1"]
         params.setdefault(row["method"], []).append(row["params"])
+        seed = row["seed"]
+        if row.get("state", "finished") == "diverged":  # listed, never averaged: the task is left without this seed
+            run = f"{task} {row['method']} seed={seed} lr={row['lr']:g} wd={row['weight_decay']:g}"
+            diverged.append(f"{run}: {row.get('reason') or 'no reason recorded'}")
+            continue
+        scores[seed] = max(scores[seed], row["top1"]) if stage == "search" and seed in scores else row["top1"]
     columns, averages, notes = _custom_layout(groups) if benchmark == CUSTOM else _layout(benchmark, tasks)
     table_rows = []
     for method, by_task in per_seed.items():
-        cells = {task: _cell(list(scores.values())) for task, scores in by_task.items()}
+        cells = {task: _cell(list(scores.values())) for task, scores in by_task.items() if scores}
         for title, members in averages.items():
             if members and all(name in cells for name in members):
                 cells[title] = Cell(
@@ -233,6 +284,9 @@ def _build_table(rows: list[dict], benchmark: str, stage: str) -> Table:
         if missing:
             notes.append(f"{method} has no result for {', '.join(missing)}.")
     table = Table(benchmark, stage, columns, table_rows, notes, tasks=[c for c in columns if c in tasks])
+    if diverged:
+        table.notes.append("Diverged runs (listed below) count in no cell and no mean.")
+        table.diverged = diverged
     controls = sorted({row["method"] for row in rows if _random_init(row)})
     if controls:
         table.notes.append(
@@ -267,7 +321,8 @@ def _format_cell(cell: Cell | None) -> str:
 
 
 def render_markdown(table: Table) -> str:
-    """The table as Markdown: a heading, one row per method (accuracies with 1 decimal), notes and warnings."""
+    """The table as Markdown: a heading, one row per method (accuracies with 1 decimal), notes, diverged runs and
+    warnings."""
     header = ["method", PARAMS, *table.columns]
     lines = [f"## {table.title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.rows:
@@ -280,6 +335,7 @@ def render_markdown(table: Table) -> str:
         + ("; cells read mean ± sample std." if seeds[-1] > 1 else "."),
     ]
     lines += [f"- {note}" for note in table.notes]
+    lines += [f"- diverged: {run}" for run in table.diverged]
     lines += [f"> **Warning:** {warning}" for warning in table.warnings]
     return "\n".join(lines) + "\n"
 
@@ -344,7 +400,7 @@ def plot_accuracy_vs_params(table: Table, path: str | Path) -> list[str]:
         ax.text(0.01, 0.01, f"missing results (not shown): {', '.join(skipped)}", transform=ax.transAxes, fontsize=8)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
-    _write_atomic(Path(path), buffer.getvalue())
+    write_atomic(Path(path), buffer.getvalue())
     return skipped
 
 
@@ -360,11 +416,11 @@ def write_tables(tables: list[Table], out_dir: str | Path) -> dict[str, Path]:
     for table in tables:
         stem = f"{table.benchmark}_{table.stage}"
         md, csv_path, png = (out_dir / f"{stem}{suffix}" for suffix in (".md", ".csv", "_accuracy_vs_params.png"))
-        _write_atomic(md, render_markdown(table))
+        write_atomic(md, render_markdown(table))
         header, records = table_records(table)
         text = io.StringIO(newline="")
         csv.writer(text).writerows([header, *records])
-        _write_atomic(csv_path, text.getvalue())
+        write_atomic(csv_path, text.getvalue())
         plot_accuracy_vs_params(table, png)
         paths.update({path.name: path for path in (md, csv_path, png)})
     return paths
@@ -373,15 +429,3 @@ def write_tables(tables: list[Table], out_dir: str | Path) -> dict[str, Path]:
 def write_report(rows: list[dict], out_dir: str | Path, stage: str = "final") -> dict[str, Path]:
     """Build the tables of `stage` from `rows` and write them to `out_dir` (see `build_tables`, `write_tables`)."""
     return write_tables(build_tables(rows, stage), out_dir)
-
-
-def _write_atomic(path: Path, data: str | bytes) -> None:
-    """Write through a temporary file in the same folder, so readers never see a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

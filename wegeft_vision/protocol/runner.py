@@ -7,9 +7,10 @@ GPUs, machines) can run the same command against one storage; each claims grid p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
@@ -20,10 +21,12 @@ from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from ..data.folders import MANIFEST_FILE, is_folder_ref, open_folder
-from ..data.registry import CUSTOM, FGVC_DATASETS, VTAB1K, VTAB_TASKS, parse_target
+from ..data.identity import data_identity
+from ..data.registry import CUSTOM, FGVC, FGVC_DATASETS, VTAB1K, VTAB_TASKS, parse_target
 from ..data.synthetic import TASKS as SYNTHETIC_TASKS
 from ..data.synthetic import write_synthetic
 from ..data.vtab1k import task_dir
+from .files import write_atomic
 from .preset import ProtocolPreset
 from .results import append_rows
 from .runs import RunSpec, check_specs, train_run
@@ -35,12 +38,14 @@ SYNTHETIC_PREFIX = "synthetic_"
 
 @dataclass(frozen=True)
 class TaskData:
-    """Where a task's data lies: its manifest when it is not in the registry, its folder when it is one's own."""
+    """Where a task's data lies (its manifest when it is not in the registry, its folder when it is one's own), and
+    the digest of its split files (`data.identity.data_identity`)."""
 
     benchmark: str
     task: str
     manifest: str | None = None
     data_root: str | None = None
+    data_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,7 @@ class Unit:
     seed: int
     manifest: str | None = None
     data_root: str | None = None
+    data_id: str = ""
 
     @property
     def label(self) -> str:
@@ -83,45 +89,64 @@ def resolve_tasks(benchmark: str | None, tasks: list[str] | None, preset: Protoc
     return list(dict.fromkeys(pairs))
 
 
-def prepare_data(pairs: list[tuple[str, str]], data_root: Path | None, preset: ProtocolPreset) -> list[TaskData]:
+def prepare_data(
+    pairs: list[tuple[str, str]], data_root: Path | None, preset: ProtocolPreset, splits_dir: Path | None = None
+) -> tuple[list[TaskData], dict[str, str]]:
     """Checks every task's data before any training: registry folders under the data root, manifests of other tasks
     (`<root>/<task>/manifest.yaml`, synthetic tasks written when missing), folders of one's own (their manifest
-    written on first use).
+    written on first use), and the split files behind each task's data identity.
+
+    Returns:
+        The tasks that are ready, and per broken task (`benchmark/task`) what is wrong with it: a broken task does
+        not stop the others.
 
     Raises:
-        FileNotFoundError: a registry task without its folder, or a task that is neither in the registry nor described
-            by a manifest under the data root, or a folder that holds no known layout.
-        ValueError: two task folders of the same name.
+        ValueError: `--data-root` missing for registry tasks, or two task folders of the same name.
     """
     prepared: list[TaskData] = []
+    broken: dict[str, str] = {}
     for benchmark, task in pairs:
-        if benchmark == CUSTOM:
-            manifest = open_folder(task)
-            clash = [t for t in prepared if t.benchmark == CUSTOM and t.task == manifest.name]
-            if clash:
-                raise ValueError(f"task folders {clash[0].data_root} and {task} share the name {manifest.name!r}")
-            prepared.append(TaskData(CUSTOM, manifest.name, str(Path(task) / MANIFEST_FILE), task))
-            continue
-        if data_root is None:
-            raise ValueError(f"--data-root is required for {benchmark}/{task} (the folder holding its folder)")
-        if task in VTAB_TASKS:
-            task_dir(data_root, task)  # fail before any training when a folder is missing
-            prepared.append(TaskData(benchmark, task))
-            continue
-        if task in FGVC_DATASETS:
-            if not (data_root / task).is_dir():
-                raise FileNotFoundError(f"missing folder {data_root / task} for FGVC dataset {task} (link it there)")
-            prepared.append(TaskData(benchmark, task))
-            continue
-        manifest = data_root / task / "manifest.yaml"
-        kind = task.removeprefix(SYNTHETIC_PREFIX)
-        if not manifest.is_file() and task.startswith(SYNTHETIC_PREFIX) and kind in SYNTHETIC_TASKS:
-            options = preset.synthetic
-            write_synthetic(data_root, kind, options.get("counts"), options.get("size", 64), 0, layout=benchmark)
-        if not manifest.is_file():
-            raise FileNotFoundError(f"task {benchmark}/{task} is not in the registry and {manifest} does not exist")
-        prepared.append(TaskData(benchmark, task, str(manifest)))
-    return prepared
+        try:
+            data = _task_data(benchmark, task, data_root, preset, prepared)
+            root = Path(data.data_root) if data.data_root else data_root / task if benchmark == FGVC else data_root
+            prepared.append(replace(data, data_id=data_identity(benchmark, task, root, splits_dir, data.manifest)))
+        except (OSError, ValueError, KeyError) as error:
+            if data_root is None and benchmark != CUSTOM or isinstance(error, _Clash):
+                raise
+            broken[f"{benchmark}/{Path(task).name if benchmark == CUSTOM else task}"] = " ".join(str(error).split())
+    return prepared, broken
+
+
+class _Clash(ValueError):
+    """Two task folders of the same name: the command line is wrong, not a task."""
+
+
+def _task_data(
+    benchmark: str, task: str, data_root: Path | None, preset: ProtocolPreset, prepared: list[TaskData]
+) -> TaskData:
+    if benchmark == CUSTOM:
+        manifest = open_folder(task)
+        clash = [t for t in prepared if t.benchmark == CUSTOM and t.task == manifest.name]
+        if clash:
+            raise _Clash(f"task folders {clash[0].data_root} and {task} share the name {manifest.name!r}")
+        return TaskData(CUSTOM, manifest.name, str(Path(task) / MANIFEST_FILE), task)
+    if data_root is None:
+        raise ValueError(f"--data-root is required for {benchmark}/{task} (the folder holding its folder)")
+    if task in VTAB_TASKS:
+        task_dir(data_root, task)  # fail before any training when a folder is missing
+        return TaskData(benchmark, task)
+    if task in FGVC_DATASETS:
+        if not (data_root / task).is_dir():
+            raise FileNotFoundError(f"missing folder {data_root / task} for FGVC dataset {task} (link it there)")
+        return TaskData(benchmark, task)
+    manifest = data_root / task / "manifest.yaml"
+    kind = task.removeprefix(SYNTHETIC_PREFIX)
+    if not manifest.is_file() and task.startswith(SYNTHETIC_PREFIX) and kind in SYNTHETIC_TASKS:
+        options = preset.synthetic
+        write_synthetic(data_root, kind, options.get("counts"), options.get("size", 64), 0, layout=benchmark)
+    if not manifest.is_file():
+        raise FileNotFoundError(f"task {benchmark}/{task} is not in the registry and {manifest} does not exist")
+    return TaskData(benchmark, task, str(manifest))
 
 
 def recipe_value(preset: ProtocolPreset, key: str, default: Any) -> Any:
@@ -149,6 +174,8 @@ class Protocol:
         progress: Lightning progress bars.
         poll: seconds between checks while waiting for grid points other workers are training.
         heartbeat: seconds between trial heartbeats (RDB storages).
+        checkpoint_every: epochs between the checkpoints a killed run resumes from.
+        broken: tasks left out before the start, with the reason (reported at the end, and the exit code is 1).
     """
 
     def __init__(
@@ -164,12 +191,16 @@ class Protocol:
         progress: bool = True,
         poll: float = 30.0,
         heartbeat: int = 60,
+        checkpoint_every: int = 1,
+        broken: dict[str, str] | None = None,
     ) -> None:
         self.preset, self.units, self.out, self.stages = preset, units, out, stages
         self.data_root, self.splits_dir = data_root, splits_dir
         self.devices, self.progress, self.poll = devices, progress, poll
         self.fingerprint = preset.fingerprint()
-        self.storage_url, self.heartbeat = storage, heartbeat
+        self.storage_url, self.heartbeat, self.checkpoint_every = storage, heartbeat, checkpoint_every
+        self.broken = dict(broken or {})
+        self.errors: dict[Unit, str] = {}
         self.schedule_epochs = int(recipe_value(preset, "model.epochs", 100))
         self.results_file = out / "results.csv"
         self.started = time.monotonic()
@@ -183,17 +214,30 @@ class Protocol:
         return open_storage(self.storage_url, self.out, self.heartbeat)
 
     def check_configurations(self) -> None:
-        """Parse one run configuration per method and one per task, building and writing nothing: a bad recipe,
-        method preset or override fails before anything is pinned."""
-        samples: dict[tuple[str, ...], Unit] = {}
-        for unit in self.units:
-            samples.setdefault(("method", unit.method), unit)
-            samples.setdefault(("task", unit.benchmark, unit.task), unit)
-        points = {unit: self.preset.methods[unit.method].points[0] for unit in samples.values()}
-        check_specs([self.spec(unit, "search", point) for unit, point in points.items()], self.out)
+        """Parse one run configuration per method, then one per task, building and writing nothing.
+
+        A bad recipe, method preset or override raises before anything is pinned; a task whose configuration does
+        not parse is left out (in `broken`) and the others go on.
+        """
+        methods = {unit.method: unit for unit in reversed(self.units)}
+        check_specs([self._sample_spec(unit) for unit in methods.values()], self.out)
+        tasks = {(unit.benchmark, unit.task): unit for unit in reversed(self.units)}
+        for (benchmark, task), unit in tasks.items():
+            try:
+                check_specs([self._sample_spec(unit)], self.out)
+            except ValueError as error:
+                self.broken[f"{benchmark}/{task}"] = str(error)
+        self.units = [u for u in self.units if f"{u.benchmark}/{u.task}" not in self.broken]
+
+    def _sample_spec(self, unit: Unit) -> RunSpec:
+        return self.spec(unit, "search", self.preset.methods[unit.method].points[0])
+
+    def unit_fingerprint(self, unit: Unit) -> str:
+        """The digest of the preset and of the unit's data: changed split files never reuse stale results."""
+        return hashlib.sha256(f"{self.fingerprint}:{unit.data_id}".encode()).hexdigest()
 
     def study_name(self, unit: Unit, stage: str) -> str:
-        return f"{unit.benchmark}/{unit.task}/{unit.method}/seed{unit.seed}/{stage}@{self.fingerprint[:12]}"
+        return f"{unit.benchmark}/{unit.task}/{unit.method}/seed{unit.seed}/{stage}@{self.unit_fingerprint(unit)[:12]}"
 
     def spec(self, unit: Unit, stage: str, point: tuple[float, float]) -> RunSpec:
         grid = self.preset.methods[unit.method]
@@ -210,13 +254,15 @@ class Protocol:
             data_root=unit.data_root or str(self.data_root),
             search_epochs=self.preset.search_epochs,
             preset=self.preset.name,
-            fingerprint=self.fingerprint,
+            fingerprint=self.unit_fingerprint(unit),
+            data_identity=unit.data_id,
             splits_dir=str(self.splits_dir) if self.splits_dir else None,
             manifest=unit.manifest,
             final_includes_val=self.preset.final_includes_val,
             overrides={**self.preset.overrides, **grid.overrides},  # in the preset: its fingerprint covers them
             devices=self.devices,
             progress=self.progress,
+            checkpoint_every=self.checkpoint_every,
         )
 
     def search_study(self, unit: Unit) -> GridStudy:
@@ -257,9 +303,14 @@ class Protocol:
         line += f" elapsed {timedelta(seconds=round(elapsed))} · ETA {eta}"
         if last:
             split = "val" if last["stage"] == "search" else "test"
+            outcome = (
+                f"diverged ({last['reason']})"
+                if last.get("state") == "diverged"
+                else f"{split} top-1 {last['top1']:.2f}"
+            )
             line += (
                 f" · {last['benchmark']}/{last['task']} {last['method']} seed {last['seed']} {last['stage']} "
-                f"lr={last['lr']:g} wd={last['weight_decay']:g}: {split} top-1 {last['top1']:.2f}"
+                f"lr={last['lr']:g} wd={last['weight_decay']:g}: {outcome}"
             )
         return line
 
@@ -281,9 +332,14 @@ class Protocol:
         record = {
             "selected": {"lr": point[0], "weight_decay": point[1], "val_top1": value},
             "selected_on": "validation top-1 of the search runs (ties: earlier grid point)",
-            "search": {f"lr={r['lr']:g} wd={r['weight_decay']:g}": r["top1"] for r in study.results()},
+            "search": {
+                f"lr={r['lr']:g} wd={r['weight_decay']:g}": f"diverged: {r['reason']}"
+                if r.get("state") == "diverged"
+                else r["top1"]
+                for r in study.results()
+            },
         }
-        (folder / "selection.json").write_text(json.dumps(record, indent=1))
+        write_atomic(folder / "selection.json", json.dumps(record, indent=1))
         return point
 
     def step(self, unit: Unit) -> str:
@@ -306,7 +362,18 @@ class Protocol:
             pass
         state = final.states()[final.points[0]]
         append_rows(self.results_file, final.results())
-        return {"complete": "done", "failed": "failed"}.get(state, "waiting")
+        if state == "diverged":
+            self.errors[unit] = f"the final run diverged: {final.divergences()[final.points[0]]}"
+        return {"complete": "done", "failed": "failed", "diverged": "failed"}.get(state, "waiting")
+
+    def _step_or_fail(self, unit: Unit) -> str:
+        """`step`, with any error of the unit (its data, its configuration, every grid point diverged) recorded as
+        its failure: one broken unit never stops the others."""
+        try:
+            return self.step(unit)
+        except Exception as error:  # noqa: BLE001 - reported in the summary, with the exit code
+            self.errors[unit] = " ".join(f"{type(error).__name__}: {error}".split())
+            return "failed"
 
     def run(self) -> int:
         """Run until every unit is done or failed; 0 if all are done, 1 otherwise (failures listed)."""
@@ -320,7 +387,7 @@ class Protocol:
         failed: list[Unit] = []
         announced = 0
         while pending:
-            states = {unit: self.step(unit) for unit in pending}
+            states = {unit: self._step_or_fail(unit) for unit in pending}
             failed += [u for u, s in states.items() if s == "failed"]
             pending = [u for u, s in states.items() if s == "waiting"]
             if pending:
@@ -331,17 +398,22 @@ class Protocol:
                 for unit in pending:
                     self.search_study(unit).release_dead_workers()
         print(self.summary(), flush=True)
+        for task, reason in self.broken.items():
+            print(f"failed: {task}: left out: {reason}", flush=True)
         for unit in failed:
             errors = self.search_study(unit).errors()
-            detail = "; ".join(f"lr={lr:g} wd={wd:g}: {e}" for (lr, wd), e in errors.items()) or "final run failed"
-            print(f"failed: {unit.label}: {detail} (rerun the same command to retry)")
-        return 1 if failed else 0
+            detail = "; ".join(f"lr={lr:g} wd={wd:g}: {e}" for (lr, wd), e in errors.items())
+            detail = detail or self.errors.get(unit, "final run failed")
+            print(f"failed: {unit.label}: {detail} (rerun the same command to retry)", flush=True)
+        if failed or self.broken:
+            print(f"{len(failed)} unit(s) failed and {len(self.broken)} task(s) were left out", flush=True)
+        return 1 if failed or self.broken else 0
 
 
 def expand_units(tasks: list[TaskData], methods: list[str], seeds: list[int]) -> list[Unit]:
     """Units in task-major order: every method and seed of the first task before the next task."""
     return [
-        Unit(data.benchmark, data.task, method, seed, data.manifest, data.data_root)
+        Unit(data.benchmark, data.task, method, seed, data.manifest, data.data_root, data.data_id)
         for data in tasks
         for method in methods
         for seed in seeds

@@ -1,9 +1,11 @@
 """One training run of the protocol (a search grid point or a final run), resumable from its own folder.
 
 A run is a LightningCLI invocation built from the preset's fit config, so its `config.yaml` is the exact, replayable
-configuration (`wegeft-vision fit --config RUN/config.yaml`). Its folder holds `config.yaml`, `metrics.csv`,
-`checkpoints/last.ckpt` while it trains (trainable tensors + optimizer and scheduler state, saved every epoch) and
-`result.json` once done; a final run also keeps its adapter (`adapter.safetensors` + sidecar).
+configuration (`wegeft-vision fit --config RUN/config.yaml`). Its folder holds `config.yaml`, `metrics.csv` (written
+at every epoch's end), `checkpoints/last.ckpt` while it trains (trainable tensors + optimizer and scheduler state,
+written atomically every `checkpoint_every` epochs: a run killed at any moment resumes from the last one) and
+`result.json` once done; a final run also keeps its adapter (`adapter.safetensors` + sidecar). A run whose loss or
+parameters become non-finite ends as `diverged` (its result says why); it is a result, not an error.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import csv
 import io
 import json
 import logging
-import os
+import pickle
 import shutil
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -27,10 +29,12 @@ import torch
 from ..backbones import backbone_tag, describe_source, weights_source
 from ..data.registry import CUSTOM, FGVC
 from ..methods import count_trainable
+from .files import write_atomic
 from .preset import result_settings
 
 RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.csv"
+EARLIER_METRICS_FILE = "metrics.earlier.csv"  # epochs logged before a resume (CSVLogger starts a new metrics.csv)
 
 
 @dataclass(frozen=True)
@@ -47,9 +51,11 @@ class RunSpec:
         manifest: a manifest file for a task outside the registry (synthetic or custom).
         search_epochs: epochs of a search run (the schedule keeps its full length).
         final_includes_val: FGVC final trains on train+val.
-        preset, fingerprint: the protocol preset's name and digest, recorded with the result.
+        preset: the protocol preset's name; `fingerprint` the digest of the preset and of the task's data.
+        data_identity: the digest of the task's split files (`data.identity.data_identity`).
         devices: devices of the run (DDP over several, per-device batch = batch / devices).
         progress: show Lightning's progress bar (rich when available).
+        checkpoint_every: epochs between checkpoints (where a killed run resumes).
     """
 
     benchmark: str
@@ -69,8 +75,10 @@ class RunSpec:
     manifest: str | None = None
     final_includes_val: bool = False
     overrides: dict[str, Any] = field(default_factory=dict)
+    data_identity: str = ""
     devices: int = 1
     progress: bool = False
+    checkpoint_every: int = 1
 
     def run_dir(self, out: Path) -> Path:
         point = f"lr{self.lr:g}_wd{self.weight_decay:g}"
@@ -78,7 +86,7 @@ class RunSpec:
 
     def identity(self) -> dict[str, Any]:
         """The fields that decide the result (not where or how it is displayed, nor where data is cached)."""
-        fields = {k: v for k, v in asdict(self).items() if k not in ("progress",)}
+        fields = {k: v for k, v in asdict(self).items() if k not in ("progress", "checkpoint_every")}
         return {**fields, "overrides": result_settings(self.overrides)}
 
 
@@ -113,19 +121,14 @@ def _arguments(spec: RunSpec, run_dir: Path) -> list[str]:
         + json.dumps(
             {
                 "class_path": "lightning.pytorch.loggers.CSVLogger",
-                "init_args": {"save_dir": str(run_dir), "name": "", "version": ""},
+                "init_args": {"save_dir": str(run_dir), "name": "", "version": "", "flush_logs_every_n_steps": 1},
             }
         ),
         "--trainer.callbacks+="
         + json.dumps(
             {
-                "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                "init_args": {
-                    "dirpath": str(run_dir / "checkpoints"),
-                    "save_last": True,
-                    "save_top_k": 0,
-                    "save_on_train_epoch_end": True,
-                },
+                "class_path": "wegeft_vision.training.EpochCheckpoint",
+                "init_args": {"dirpath": str(run_dir / "checkpoints"), "every_n_epochs": spec.checkpoint_every},
             }
         ),
     ]
@@ -173,7 +176,7 @@ def check_specs(specs: list[RunSpec], out: Path) -> None:
     Raises:
         ValueError: a configuration that does not parse; the message names the spec's files and the bad key.
     """
-    from ..cli.lightning import build_cli
+    from ..training.cli import build_cli
 
     parser = None
     for spec in specs:
@@ -201,36 +204,81 @@ def cached_result(spec: RunSpec, out: Path) -> dict[str, Any] | None:
 
 
 def train_run(spec: RunSpec, out: Path) -> dict[str, Any]:
-    """Train (or resume, or reuse) one run and return its results row (see `results.COLUMNS`)."""
+    """Train (or resume, or reuse) one run and return its results row (see `results.COLUMNS`); a diverged run's row
+    has `state` `diverged`, its `reason`, and no `top1`."""
     if (row := cached_result(spec, out)) is not None:
         return row
-    from ..cli.lightning import build_cli  # Lightning and jsonargparse only when something trains
+    from ..training import TrainingDiverged
+    from ..training.cli import build_cli  # Lightning and jsonargparse only when something trains
 
     for name in ("lightning.pytorch", "lightning.fabric"):  # one summary line per run instead of Lightning's banner
         logging.getLogger(name).setLevel(logging.WARNING)
     run_dir = spec.run_dir(out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    resumed_at = _checkpoint_epoch(last)
-    metrics = run_dir / METRICS_FILE
-    earlier = metrics.read_text() if metrics.is_file() else None  # CSVLogger deletes it when it starts
+    resumed_at = _checkpoint_epoch(run_dir / "checkpoints" / "last.ckpt")
+    _keep_logged_epochs(run_dir, resumed_at)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-        row = _train(spec, out, run_dir, build_cli(_arguments(spec, run_dir)))
-    if earlier and resumed_at:
-        _prepend_metrics(metrics, earlier, resumed_at)
+        warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+        cli = build_cli(_arguments(spec, run_dir))
+        try:
+            row = _train(spec, out, run_dir, cli)
+        except TrainingDiverged as diverged:
+            row = _row(spec, out, run_dir, cli, top1=None, reason=str(diverged))
+    _merge_logged_epochs(run_dir)
+    _write_result(spec, run_dir, row, resumed_at)
     return row
 
 
 def _checkpoint_epoch(last: Path) -> int:
-    """The epoch a run resumes at; a checkpoint torn by a kill while it was written is removed (the run restarts)."""
+    """The epoch a run resumes at; a checkpoint that does not load (not written by this toolkit's atomic writer, or
+    damaged on disk) is removed and the run restarts from epoch 0."""
+    last.with_name(last.name + ".partial").unlink(missing_ok=True)  # a write cut short by a kill
     if not last.is_file():
         return 0
     try:
-        return int(torch.load(last, map_location="cpu", weights_only=True)["epoch"])
-    except (RuntimeError, EOFError, KeyError, OSError):
+        return int(torch.load(last, map_location="cpu", weights_only=True)["epoch"]) + 1
+    except (RuntimeError, EOFError, KeyError, OSError, ValueError, pickle.UnpicklingError):
         last.unlink()
         return 0
+
+
+def _read_metrics(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _write_metrics(path: Path, rows: list[dict[str, str]]) -> None:
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, buffer.getvalue())
+
+
+def _keep_logged_epochs(run_dir: Path, resume_epoch: int) -> None:
+    """Before a run (re)starts: the epochs already logged before `resume_epoch` move to `metrics.earlier.csv`, since
+    Lightning's CSVLogger starts its `metrics.csv` afresh; later epochs (trained after the last checkpoint) are
+    dropped, as they are trained again."""
+    earlier = run_dir / EARLIER_METRICS_FILE
+    rows = [*_read_metrics(earlier), *_read_metrics(run_dir / METRICS_FILE)]
+    kept = [r for r in rows if r.get("epoch") and int(r["epoch"]) < resume_epoch]
+    if kept:
+        _write_metrics(earlier, kept)
+    else:
+        earlier.unlink(missing_ok=True)
+    (run_dir / METRICS_FILE).unlink(missing_ok=True)
+
+
+def _merge_logged_epochs(run_dir: Path) -> None:
+    """After a run: `metrics.csv` holds every epoch, those logged before each resume first."""
+    earlier = run_dir / EARLIER_METRICS_FILE
+    if earlier.is_file():
+        _write_metrics(run_dir / METRICS_FILE, [*_read_metrics(earlier), *_read_metrics(run_dir / METRICS_FILE)])
+        earlier.unlink()
 
 
 def _preprocessing(prep: Any) -> str:
@@ -239,29 +287,14 @@ def _preprocessing(prep: Any) -> str:
     return f"{prep.describe(train=False)} mean=({numbers['mean']}) std=({numbers['std']})"
 
 
-def _prepend_metrics(path: Path, earlier: str, start_epoch: int) -> None:
-    """Put the epochs logged before an interruption back in front of those logged after resuming."""
-    old = [r for r in csv.DictReader(io.StringIO(earlier)) if r.get("epoch") and int(r["epoch"]) < start_epoch]
-    with path.open(newline="") as handle:
-        new = list(csv.DictReader(handle))
-    fields = list(dict.fromkeys(k for r in (*old, *new) for k in r))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows([*old, *new])
-    path.write_text(buffer.getvalue())
-
-
 def _train(spec: RunSpec, out: Path, run_dir: Path, cli: Any) -> dict[str, Any]:
     model, data, trainer = cli.model, cli.datamodule, cli.trainer
-    global_batch = data.batch_size
     if spec.devices > 1:
         if data.batch_size % spec.devices:
             raise ValueError(f"batch size {data.batch_size} does not split over {spec.devices} devices")
         data.batch_size //= spec.devices  # the recipe's batch is the global one
     last = run_dir / "checkpoints" / "last.ckpt"
-    trainer.fit(model, datamodule=data, ckpt_path=last if last.is_file() else None)
-    epochs, precision = trainer.max_epochs, str(trainer.precision)  # fit ran to the end (else it raised)
+    trainer.fit(model, datamodule=data, ckpt_path=last if last.is_file() else None, weights_only=True)
     if spec.devices > 1:  # evaluate every sample exactly once: one device (a distributed sampler pads the split)
         data.setup()
         trainer = L.Trainer(
@@ -277,8 +310,17 @@ def _train(spec: RunSpec, out: Path, run_dir: Path, cli: Any) -> dict[str, Any]:
     evaluate = trainer.validate if spec.stage == "search" else trainer.test
     metrics = evaluate(model, datamodule=data, verbose=False)[0]
     top1 = 100.0 * float(metrics["val/acc" if spec.stage == "search" else "test/acc"])
+    row = _row(spec, out, run_dir, cli, top1=top1)
+    if spec.stage == "final":
+        model.save_adapter(run_dir / "adapter.safetensors", extra={"result": row})
+    return row
+
+
+def _row(spec: RunSpec, out: Path, run_dir: Path, cli: Any, top1: float | None, reason: str = "") -> dict[str, Any]:
+    """The results row of a finished run, or (`top1` None) of a diverged one."""
+    model, data, trainer = cli.model, cli.datamodule, cli.trainer
     source = weights_source(model.network)
-    row = {
+    return {
         "benchmark": spec.benchmark,
         "task": spec.task,
         "group": data.manifest.group or "",
@@ -287,8 +329,10 @@ def _train(spec: RunSpec, out: Path, run_dir: Path, cli: Any) -> dict[str, Any]:
         "lr": spec.lr,
         "weight_decay": spec.weight_decay,
         "seed": spec.seed,
-        "epochs": epochs,
-        "top1": round(top1, 4),
+        "epochs": trainer.max_epochs if top1 is not None else trainer.current_epoch + 1,
+        "top1": round(top1, 4) if top1 is not None else "",
+        "state": "finished" if top1 is not None else "diverged",
+        "reason": reason,
         "params": count_trainable(model.network),  # the head excluded, as in the paper's tables
         "backbone": model.network.default_cfg["architecture"]
         if source["kind"] == "random"
@@ -300,16 +344,16 @@ def _train(spec: RunSpec, out: Path, run_dir: Path, cli: Any) -> dict[str, Any]:
         "train_splits": "+".join(data.train_splits),
         "eval_split": data.eval_split,
         "eval_size": len(data.samples["eval"]),
-        "batch_size": global_batch,
-        "precision": precision,
+        "batch_size": data.batch_size * spec.devices,
+        "precision": str(trainer.precision),
         "fingerprint": spec.fingerprint[:12],
         "run_dir": str(run_dir.relative_to(out)),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    if spec.stage == "final":
-        model.save_adapter(run_dir / "adapter.safetensors", extra={"result": row})
-    partial = run_dir / f"{RESULT_FILE}.partial"  # a kill while writing must not leave half a result behind
-    partial.write_text(json.dumps({"spec": spec.identity(), "row": row}, indent=1))
-    os.replace(partial, run_dir / RESULT_FILE)
+
+
+def _write_result(spec: RunSpec, run_dir: Path, row: dict[str, Any], resumed_at: int) -> None:
+    """`result.json` (written whole or not at all), then the checkpoints go: the run is done."""
+    record = {"spec": spec.identity(), "row": row, "resumed_at_epoch": resumed_at or None}
+    write_atomic(run_dir / RESULT_FILE, json.dumps(record, indent=1))
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # done: the optimizer state is no longer needed
-    return row

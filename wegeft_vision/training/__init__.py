@@ -1,6 +1,6 @@
 """Training on Lightning: the classification module and the callbacks that make runs replayable."""
 
-from .callbacks import EpochSeed
-from .module import ClassificationModule
+from .callbacks import EpochCheckpoint, EpochSeed
+from .module import ClassificationModule, TrainingDiverged
 
-__all__ = ["ClassificationModule", "EpochSeed"]
+__all__ = ["ClassificationModule", "EpochCheckpoint", "EpochSeed", "TrainingDiverged"]

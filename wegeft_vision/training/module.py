@@ -1,6 +1,7 @@
 """The LightningModule that trains any method on a timm classifier: AdamW, warmup + cosine, top-1, adapter checkpoints.
 
-Its typed `__init__` is the config schema. Checkpoints keep only the trainable tensors (method parameters and head)
+Its typed `__init__` is the config schema. A non-finite loss or trainable tensor stops training (`TrainingDiverged`).
+Checkpoints keep only the trainable tensors (method parameters and head)
 plus the optimizer and scheduler state; the frozen backbone is rebuilt from its name, tag and weights.
 """
 
@@ -18,6 +19,11 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..backbones import DEFAULT_BACKBONE, backbone_tag, create_backbone, data_config
 from ..methods import MethodConfig, WeGeFTConfig, config_from_spec, inject, save_adapter, trainable_parameters
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or a trainable tensor became non-finite: the run stops, and is a result (diverged), not an error to
+    retry (the same run would diverge again)."""
 
 
 class ClassificationModule(L.LightningModule):
@@ -112,6 +118,16 @@ class ClassificationModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train", self.train_acc)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and not torch.isfinite(loss.detach()).all():
+            raise TrainingDiverged(f"non-finite loss at epoch {self.current_epoch}, step {self.global_step}")
+
+    def on_train_epoch_end(self) -> None:
+        for name, tensor in trainable_parameters(self.network).items():  # before the epoch checkpoint is written
+            if not torch.isfinite(tensor.detach()).all():
+                raise TrainingDiverged(f"non-finite values in {name} after epoch {self.current_epoch}")
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val", self.val_acc)

@@ -1,4 +1,5 @@
-"""`wegeft-vision fit|validate|test`: LightningCLI over `ClassificationModule` and `BenchmarkDataModule`.
+"""The LightningCLI over `ClassificationModule` and `BenchmarkDataModule`: `wegeft-vision fit|validate|test`, and the
+configuration of every protocol run (one run = one LightningCLI configuration).
 
 Configs compose as in any LightningCLI (`--config a.yaml --config b.yaml`, `--model.method configs/method/x.yaml`,
 `--print_config`). The class count comes from the dataset's manifest; the preprocessing from the model's backbone.
@@ -14,7 +15,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from ..data import load_manifest, read_manifest
 from ..data.datamodule import BenchmarkDataModule
 from ..data.folders import is_folder_ref, open_folder
-from ..training import ClassificationModule
+from .module import ClassificationModule
 
 SUBCOMMANDS = ("fit", "validate", "test")
 
