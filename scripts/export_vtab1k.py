@@ -1,10 +1,12 @@
 """Export VTAB-1k tasks from tensorflow-datasets to the folder layout `<out>/<task>/{train800,val200,...}.txt`.
 
 Images are written losslessly as PNG (`images/<split>/NNNNNN.png`; train800val200 lists the train800 and val200 files).
-Each task's tfds builder, label and slices come from its manifest in `data_splits/vtab1k_<task>.yaml`
-(`source.tfds`, `source.label`, `source.slices`), following the task_adaptation code of Zhai et al. (2019):
+Each task's tfds builder and version pin, label and slices come from its manifest in `data_splits/vtab1k_<task>.yaml`
+(`source.tfds` as `name:version`, `source.label`, `source.slices`). The pins are the authors' (savadikarc/gift,
+`visual_recognition/scripts/vtab/download_vtab.py`; the slices as in VPT's `src/data/vtab_datasets/*.py`, after the
+task_adaptation code of Zhai et al., 2019): a major version for most, exact for kitti and dmlab.
 
-    task                  tfds builder                        train800       val200               test
+    task                  tfds builder:version pin            train800       val200               test
     cifar                 cifar100:3.*.*                      train[:800]    train[45000:45200]   test
     caltech101            caltech101:3.*.*                    train[:800]    train[2754:2954]     test
     dtd                   dtd:3.*.*                           train[:800]    validation[:200]     test
@@ -18,10 +20,15 @@ Each task's tfds builder, label and slices come from its manifest in `data_split
     diabetic_retinopathy  diabetic_retinopathy_detection/
                           btgraham-300:3.*.*                  train[:800]    validation[:200]     test
     clevr_count/_dist     clevr:3.*.*                         train[:800]    train[63000:63200]   validation
-    dmlab                 dmlab:2.0.*                         train[:800]    validation[:200]     test
-    kitti                 kitti:3.*.*                         train[:800]    validation[:200]     test
+    dmlab                 dmlab:2.0.1                         train[:800]    validation[:200]     test
+    kitti                 kitti:3.2.0                         train[:800]    validation[:200]     test
     dsprites_loc/_ori     dsprites:2.*.*                      train[:800]    train[589824:590024] train[663552:]
     smallnorb_azi/_ele    smallnorb:2.*.*                     train[:800]    test[:200]           test[12150:]
+
+A task whose pin the installed tensorflow-datasets cannot provide is refused, naming the task, the pin and the version
+installed (the same data prepared at another version may differ); `--allow-other-version` exports the installed version
+instead. Each task folder gets a `manifest.yaml`: the bundled manifest's classes and source plus the tfds builder name,
+the pin, the version resolved and the tensorflow-datasets release, with the written counts and split-file sha256.
 
 Labels other than tfds's `label` (see `LABELS`): clevr_count = objects - 3; clevr_dist = bin of the nearest object's
 depth over 0, 8, 8.5, 9, 9.5, 10, 100; kitti = bin of the nearest Car/Van/Truck depth over -100, 8, 20, 999 (1000 if
@@ -31,23 +38,34 @@ azimuth (18) and elevation (9). Grey images (dsprites, smallnorb) are tiled to R
 Needs the optional extra: `pip install -e ".[tfds]"` and the tfds data (downloaded or prepared in `--data-dir`).
 
     python scripts/export_vtab1k.py --task cifar --task dtd --out data/vtab-1k --data-dir ~/tensorflow_datasets
-    wegeft-vision data check vtab-1k/cifar --root data/vtab-1k
+    wegeft-vision data check vtab-1k/cifar --root data/vtab-1k --manifest data/vtab-1k/cifar/manifest.yaml
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
 
-from wegeft_vision.data import VTAB_TASKS, load_manifest, write_split_file
+from wegeft_vision.data import (
+    VTAB_TASKS,
+    SplitEntry,
+    load_manifest,
+    read_split_file,
+    sha256_of,
+    write_manifest,
+    write_split_file,
+)
 
 Example = Mapping[str, Any]
 WRITTEN_SPLITS = ("train800", "val200", "test")
+MANIFEST_FILE = "manifest.yaml"
 
 
 def _bin(value: float, thresholds: list[float]) -> int:
@@ -113,22 +131,164 @@ def write_task(out: str | Path, task: str, splits: Mapping[str, Iterable[tuple[n
     return folder
 
 
-def tfds_source(task: str, data_dir: str | None = None) -> dict[str, Iterator[tuple[np.ndarray, int]]]:
-    """The task's VTAB-1k slices read from tensorflow-datasets (imported here: an optional dependency)."""
+class TFDSPin(NamedTuple):
+    """How the authors load a task from tensorflow-datasets (read from its bundled manifest's `source`).
+
+    Attributes:
+        task: the canonical task name.
+        name: the tfds builder, with its config if any (`diabetic_retinopathy_detection/btgraham-300`).
+        pin: the version pin, `MAJOR.MINOR.PATCH` where `*` matches any number (`3.*.*`, `3.2.0`).
+        label: the key of `LABELS` that makes the task's label.
+        slices: the tfds split string of each written split (`train[:800]`, ...).
+    """
+
+    task: str
+    name: str
+    pin: str
+    label: str
+    slices: dict[str, str]
+
+    @property
+    def spec(self) -> str:
+        """`name:pin`, as `tfds.builder` takes it."""
+        return f"{self.name}:{self.pin}"
+
+
+class VersionRefused(RuntimeError):
+    """The installed tensorflow-datasets cannot provide a task's pinned version."""
+
+
+def tfds_pin(task: str) -> TFDSPin:
+    """The tfds builder, version pin, label and slices of a VTAB-1k task (canonical name or alias).
+
+    Raises:
+        ValueError: a manifest whose `source.tfds` is not `name:MAJOR.MINOR.PATCH` (each part a number or `*`).
+    """
+    manifest = load_manifest(f"vtab-1k/{task}")
+    spec = str(manifest.source.get("tfds", ""))
+    name, _, pin = spec.rpartition(":")
+    parts = pin.split(".")
+    if not name or len(parts) != 3 or not all(p == "*" or p.isdigit() for p in parts):
+        raise ValueError(f"{manifest.path}: source.tfds {spec!r} should read name:MAJOR.MINOR.PATCH (numbers or *)")
+    slices = manifest.source["slices"]
+    return TFDSPin(manifest.name, name, pin, manifest.source["label"], {s: slices[s] for s in WRITTEN_SPLITS})
+
+
+def version_matches(version: str, pin: str) -> bool:
+    """Whether a version such as `3.0.2` satisfies a pin such as `3.*.*` (each part equal, or `*`)."""
+    found, wanted = str(version).split("."), pin.split(".")
+    return len(found) == len(wanted) and all(w in ("*", f) for f, w in zip(found, wanted, strict=True))
+
+
+def _installed(tfds: Any, name: str, data_dir: str | None) -> str:
+    """`name` and the version the installed tensorflow-datasets gives when none is asked for, or `no <name>`."""
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception:  # tfds raises various types for an unknown or unbuildable dataset
+        return f"no {name}"
+    versions = [str(v) for v in getattr(builder, "versions", None) or ()]
+    listed = f" (versions it can build: {', '.join(versions)})" if versions else ""
+    return f"{name} {builder.info.version}{listed}"
+
+
+class Resolved(NamedTuple):
+    """A task's tfds builder at the version resolved for its pin."""
+
+    pin: TFDSPin
+    builder: Any
+    version: str
+
+    def provenance(self, tfds: Any) -> dict[str, Any]:
+        """What the task's `manifest.yaml` records besides the bundled source."""
+        return {
+            "tfds_name": self.pin.name,
+            "tfds_pin": self.pin.pin,
+            "tfds_version": self.version,
+            "tfds_pin_met": version_matches(self.version, self.pin.pin),
+            "tensorflow_datasets": str(getattr(tfds, "__version__", "?")),
+        }
+
+
+def import_tfds() -> Any:
+    """The `tensorflow_datasets` module (an optional dependency)."""
     try:
         import tensorflow_datasets as tfds
     except ImportError as err:
         raise ImportError('the exporter needs tensorflow-datasets: pip install -e ".[tfds]"') from err
-    source = load_manifest(f"vtab-1k/{task}").source
-    label = LABELS[source["label"]]
-    scale = 255 if task.startswith("dsprites") else 1  # dsprites stores 0/1 pixels
+    return tfds
+
+
+def resolve(tfds: Any, task: str, data_dir: str | None = None, allow_other_version: bool = False) -> Resolved:
+    """The tfds builder of a task at the authors' pinned version, and the exact version resolved.
+
+    Args:
+        tfds: the `tensorflow_datasets` module.
+        task: canonical task name or alias.
+        data_dir: tensorflow-datasets data folder.
+        allow_other_version: when the pin cannot be met, build the installed version instead of refusing.
+
+    Raises:
+        VersionRefused: the pin cannot be met (and `allow_other_version` is not set); the message names the task,
+            the pin and the installed version.
+    """
+    pin = tfds_pin(task)
+    try:
+        builder = tfds.builder(pin.spec, data_dir=data_dir)
+        version = str(builder.info.version)
+        failure = None if version_matches(version, pin.pin) else f"it resolved {version}"
+    except Exception as err:  # tfds raises AssertionError, ValueError or its own errors for a missing version
+        failure = f"{type(err).__name__}: {err}"
+    if failure is None:
+        return Resolved(pin, builder, version)
+    if not allow_other_version:
+        raise VersionRefused(
+            f"{pin.task}: the authors load {pin.name} at version {pin.pin} ({pin.spec}), but the installed "
+            f"tensorflow-datasets {getattr(tfds, '__version__', '?')} provides {_installed(tfds, pin.name, data_dir)} "
+            f"({failure}); install a tensorflow-datasets release that builds {pin.name} {pin.pin} or prepare it in "
+            f"--data-dir, or pass --allow-other-version to export the installed version (recorded in the task's "
+            f"{MANIFEST_FILE})"
+        )
+    try:
+        builder = tfds.builder(pin.name, data_dir=data_dir)
+    except Exception as err:
+        raise VersionRefused(f"{pin.task}: tensorflow-datasets builds no version of {pin.name} ({failure})") from err
+    return Resolved(pin, builder, str(builder.info.version))
+
+
+def read_splits(tfds: Any, resolved: Resolved) -> dict[str, Iterator[tuple[np.ndarray, int]]]:
+    """The task's VTAB-1k slices as `(image, label)` streams; prepares the data first (a no-op once it is prepared
+    in the data folder, as `tfds.load` does)."""
+    resolved.builder.download_and_prepare()
+    label = LABELS[resolved.pin.label]
+    scale = 255 if resolved.pin.task.startswith("dsprites") else 1  # dsprites stores 0/1 pixels
 
     def read(split: str) -> Iterator[tuple[np.ndarray, int]]:
-        dataset = tfds.load(source["tfds"], split=source["slices"][split], data_dir=data_dir, shuffle_files=False)
+        dataset = resolved.builder.as_dataset(split=resolved.pin.slices[split], shuffle_files=False)
         for example in tfds.as_numpy(dataset):
             yield example["image"] * np.uint8(scale), label(example)
 
     return {split: read(split) for split in WRITTEN_SPLITS}
+
+
+def write_export_manifest(folder: str | Path, task: str, provenance: Mapping[str, Any]) -> Path:
+    """`<folder>/manifest.yaml`: the bundled manifest of `task` with the written counts and split-file sha256, and
+    its source extended by `provenance` (tfds builder name, pin, version resolved)."""
+    folder = Path(folder)
+    bundled = load_manifest(f"vtab-1k/{task}")
+    splits = {
+        name: SplitEntry(name, e.file, len(read_split_file(folder / e.file)), sha256=sha256_of(folder / e.file))
+        for name, e in bundled.splits.items()
+    }
+    source = {**bundled.source, **provenance, "exported_by": "scripts/export_vtab1k.py"}
+    header = f"VTAB-1k {bundled.name} from tensorflow-datasets {provenance['tfds_name']} {provenance['tfds_version']}"
+    return write_manifest(replace(bundled, splits=splits, source=source, path=None), folder / MANIFEST_FILE, header)
+
+
+def export_task(out: str | Path, tfds: Any, resolved: Resolved) -> Path:
+    """Write one resolved task (images, split files, `manifest.yaml`) and return its folder."""
+    folder = write_task(out, resolved.pin.task, read_splits(tfds, resolved))
+    write_export_manifest(folder, resolved.pin.task, resolved.provenance(tfds))
+    return folder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,11 +296,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", action="append", required=True, help="task name or alias (repeatable), or 'all'")
     parser.add_argument("--out", type=Path, required=True, help="VTAB-1k root to write into")
     parser.add_argument("--data-dir", help="tensorflow-datasets data folder")
+    parser.add_argument(
+        "--allow-other-version",
+        action="store_true",
+        help="export the installed tfds version when the authors' pin cannot be met (recorded in manifest.yaml)",
+    )
     args = parser.parse_args(argv)
     tasks = list(VTAB_TASKS) if args.task == ["all"] else [load_manifest(f"vtab-1k/{t}").name for t in args.task]
-    for task in tasks:
-        folder = write_task(args.out, task, tfds_source(task, args.data_dir))
-        print(f"wrote {folder}; verify with: wegeft-vision data check vtab-1k/{task} --root {args.out}")
+    try:
+        tfds = import_tfds()
+    except ImportError as err:
+        print(f"export_vtab1k: {err}", file=sys.stderr)
+        return 2
+    resolved, refused = [], []
+    for task in tasks:  # every pin checked before anything is downloaded or written
+        try:
+            resolved.append(resolve(tfds, task, args.data_dir, args.allow_other_version))
+        except VersionRefused as err:
+            refused.append(str(err))
+    if refused:
+        print("\n".join(f"export_vtab1k: {message}" for message in refused), file=sys.stderr)
+        return 2
+    for task in resolved:
+        folder = export_task(args.out, tfds, task)
+        print(
+            f"wrote {folder} ({task.pin.name} {task.version}); verify with: wegeft-vision data check "
+            f"vtab-1k/{task.pin.task} --root {args.out} --manifest {folder / MANIFEST_FILE}"
+        )
     return 0
 
 

@@ -7,7 +7,7 @@ import pickle
 import sys
 from collections.abc import Sequence
 
-from . import data, demo, params, protocol, report, search, visualize
+from . import data, demo, import_checkpoint, params, protocol, report, search, visualize
 
 COMMANDS = {
     "demo": demo,
@@ -17,6 +17,7 @@ COMMANDS = {
     "protocol": protocol,
     "search": search,
     "report": report,
+    "import-checkpoint": import_checkpoint,
 }
 USER_ERRORS = (ValueError, TypeError, OSError, KeyError, argparse.ArgumentError, pickle.UnpicklingError)
 LIGHTNING_COMMANDS = ("fit", "validate", "test")

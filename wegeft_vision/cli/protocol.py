@@ -81,6 +81,12 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint-every", type=int, default=1, metavar="N", help="epochs between the checkpoints runs resume from"
     )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (every run with its resolved settings, and the cost) and write OUT/plan.json; "
+        "trains nothing, needs no data and no weights",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 
 
@@ -116,8 +122,16 @@ def request_of(args: argparse.Namespace, stages: tuple[str, ...]) -> Request:
 
 
 def run(args: argparse.Namespace, stages: tuple[str, ...] = STAGES) -> int:
-    from ..protocol.launch import pin, prepare
+    from ..protocol.launch import pin, prepare, prepare_plan
     from ..protocol.workers import gpu_groups, spawn_workers
+
+    if args.dry_run:
+        from ..protocol.plan import plan_runs, summary, write_plan
+
+        runs = plan_runs(prepare_plan(request_of(args, stages)))
+        print(summary(runs))
+        print(f"wrote {write_plan(runs, args.out)}")
+        return 0
 
     if args.workers < 1:
         raise ValueError(f"--workers should be at least 1, got {args.workers}")

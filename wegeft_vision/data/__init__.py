@@ -28,7 +28,7 @@ from .registry import (
     vtab_task,
 )
 from .synthetic import Scene, render_scene, write_synthetic
-from .transforms import PRESETS, Preprocessing, backbone_data_config, preprocessing
+from .transforms import PRESETS, Preprocessing, backbone_data_config, preprocessing, tf_bilinear_resize
 from .vtab1k import load_vtab1k_split, read_split_file, task_dir, write_split_file
 
 if TYPE_CHECKING:
@@ -86,6 +86,7 @@ __all__ = [
     "render_scene",
     "sha256_of",
     "task_dir",
+    "tf_bilinear_resize",
     "verify_image",
     "vtab_task",
     "write_manifest",

@@ -4,7 +4,9 @@ Errors fail the check: what is missing or unreadable, wrong counts or checksums,
 a split file, a sample in two splits that must be disjoint, a path outside the dataset's folder, an image refused by
 the decoder (too many pixels, no known 8-bit range). Warnings are reported and let it pass: what loading changes about
 an image (16 bits, transparency, CMYK, EXIF orientation; see `data.images`), a byte-order mark, identical image files
-under different paths in splits that must be disjoint.
+under different paths in splits that must be disjoint, and (once per task) a registered VTAB-1k task whose images are
+JPEG: the widely shared VTAB-1k folders are lossy re-encodings, a known source of lower accuracy, while
+`scripts/export_vtab1k.py` writes lossless PNG from tensorflow-datasets at the authors' versions.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 from . import fgvc, images, vtab1k
 from .folders import imagefolder_split, is_folder_ref, listing_sha256, open_folder
 from .manifests import Manifest, SplitListing, load_manifest, outside_root, read_manifest, sample_id, sha256_of
-from .registry import FGVC, FGVC_SPLITS, IMAGEFOLDER, IMAGEFOLDER_SPLITS, VTAB1K, VTAB_SPLITS, parse_target
+from .registry import FGVC, FGVC_SPLITS, IMAGEFOLDER, IMAGEFOLDER_SPLITS, VTAB1K, VTAB_SPLITS, VTAB_TASKS, parse_target
 
 ERROR, WARNING = "error", "warning"
 MISSING_FOLDER = "missing folder"
@@ -35,11 +37,16 @@ IMAGE_TOO_LARGE = "image too large"
 UNSUPPORTED_IMAGE = "unsupported image"
 BYTE_ORDER_MARK = "byte-order mark"  # warnings from here on, and the image warnings of `data.images`
 IDENTICAL_FILES = "identical files"
+JPEG_IMAGES = "jpeg images"
 PROBLEM_KINDS = (
     *(MISSING_FOLDER, MISSING_FILE, UNREADABLE_FILE, COUNT_MISMATCH, CHECKSUM_MISMATCH, UNKNOWN_LABEL),
     *(DUPLICATE_ENTRY, SPLIT_OVERLAP, OUTSIDE_ROOT, IMAGE_TOO_LARGE, UNSUPPORTED_IMAGE),
     *(BYTE_ORDER_MARK, IDENTICAL_FILES, images.SIXTEEN_BIT, images.TRANSPARENCY, images.CMYK, images.EXIF_ORIENTATION),
+    JPEG_IMAGES,
 )
+JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
+JPEG_MAGIC = b"\xff\xd8\xff"  # start-of-image marker and the first marker after it
+EXPORTER = "scripts/export_vtab1k.py"
 _IMAGE_ERRORS = {
     images.MISSING: MISSING_FILE,
     images.UNREADABLE: UNREADABLE_FILE,
@@ -258,6 +265,33 @@ def _collect(uses: dict[Path, list[Use]], split: SplitReport, folder: Path, entr
         uses[folder / sample_id(rel)].append((split, line))
 
 
+def _is_jpeg(path: Path, sniff: bool) -> bool:
+    """Whether `path` is a JPEG: by its suffix, or (`sniff`) by its first bytes; unreadable files are not (the image
+    checks report them)."""
+    if path.suffix.lower() in JPEG_SUFFIXES:
+        return True
+    if not sniff:
+        return False
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(JPEG_MAGIC)) == JPEG_MAGIC
+    except OSError:
+        return False
+
+
+def _check_jpeg(report: CheckReport, name: str, paths: set[Path], sniff: bool, workers: int) -> None:
+    """One warning for the task when some of its listed images are JPEG (suffix, or first bytes when `sniff`)."""
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        found = sum(pool.map(lambda path: _is_jpeg(path, sniff), paths))
+    if found:
+        message = (
+            f"{report.root}: {found:,} of {len(paths):,} listed images are JPEG; the widely shared VTAB-1k folders are "
+            f"lossy JPEG re-encodings, a known source of lower accuracy. For lossless PNG from tensorflow-datasets at "
+            f"the authors' versions: python {EXPORTER} --task {name} --out NEW_ROOT"
+        )
+        report.problems.append(Problem(JPEG_IMAGES, message, WARNING))
+
+
 def default_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
@@ -270,14 +304,16 @@ def check_vtab1k(
     verify_images: bool = True,
     workers: int | None = None,
 ) -> CheckReport:
-    """Check a VTAB-1k task folder against its manifest.
+    """Check a VTAB-1k task folder against its manifest; a registered task (not a folder of one's own) whose listed
+    images are JPEG gets one warning that points to the exporter.
 
     Args:
         root: the folder holding one sub-folder per task.
         task: canonical name or alias; a custom task needs `manifest`.
         manifest: a `Manifest` or manifest file; default: the bundled one of `task`.
         allow_count_mismatch: report differing counts as notes instead of problems.
-        verify_images: decode every image listed (otherwise only existence of split files is checked).
+        verify_images: decode every image listed (otherwise only existence of split files is checked; JPEG images
+            are then told by their suffix alone, not by their first bytes).
         workers: decoding threads.
     """
     manifest = _manifest_for(VTAB1K, task, manifest)
@@ -318,6 +354,10 @@ def check_vtab1k(
         if verify_images:
             _collect(uses, split, folder, inside)
     _check_disjoint(listings, DISJOINT[VTAB1K])
+    if manifest.benchmark == VTAB1K and manifest.name in VTAB_TASKS:
+        listed = {rel for _, listing in listings.values() for _, rel, _ in listing.entries if outside_root(rel) is None}
+        paths = {folder / sample_id(rel) for rel in listed}
+        _check_jpeg(report, manifest.name, paths, verify_images, workers or default_workers())
     _verify_images(uses, workers or default_workers(), DISJOINT[VTAB1K])
     return report
 

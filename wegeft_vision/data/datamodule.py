@@ -79,7 +79,9 @@ class BenchmarkDataModule(L.LightningDataModule):
         manifest: manifest file to use instead of the bundled one (expected counts and classes).
         backbone: timm `architecture.tag` whose pretrained data config sets size, mean, std, interpolation.
         data_config: a timm data config to use instead (e.g. `backbones.data_config(model)`).
-        preset: preprocessing preset, `paper` or `vpt`.
+        preset: preprocessing preset (`data.transforms.PRESETS`): `paper`, `vpt`, `authors_vtab`, `authors_fgvc`, or
+            `authors`, the authors' pipeline of this data: `authors_fgvc` on FGVC, `authors_vtab` on VTAB-1k and on
+            folders of one's own (either layout). `preprocessing.preset` and the results hold the resolved name.
         batch_size: training batch size.
         eval_batch_size: evaluation batch size (default: `batch_size`).
         num_workers: DataLoader workers for decoding (unused for cached splits).
@@ -87,7 +89,8 @@ class BenchmarkDataModule(L.LightningDataModule):
         seed: seed of the training order and of worker RNGs.
         final_includes_val: FGVC final stage trains on train+val.
         allow_count_mismatch: accept split sizes that differ from the manifest.
-        cache_dir: decoded-tensor cache folder; splits whose pipeline has no random part are served from it.
+        cache_dir: decoded-tensor cache folder; splits whose geometry is uint8 and not random are served from it
+            (`authors_fgvc` eval; not its augmented training split, nor `authors_vtab`, whose resize gives floats).
         cache_device: hold cached splits on this device (e.g. `cuda`), so batches cost one gather.
         drop_last: drop the last incomplete training batch.
     """

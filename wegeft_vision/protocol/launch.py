@@ -15,9 +15,11 @@ from typing import Any
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
+from ..data.folders import MANIFEST_FILE, open_folder
+from ..data.registry import CUSTOM, FGVC_DATASETS, VTAB_TASKS
 from .files import write_atomic
-from .preset import load_preset
-from .runner import STAGES, Protocol, expand_units, prepare_data, resolve_tasks
+from .preset import ProtocolPreset, load_preset
+from .runner import STAGES, Protocol, TaskData, expand_units, prepare_data, resolve_tasks
 from .runs import check_overrides
 
 PROTOCOL_FILE = "protocol.json"
@@ -80,12 +82,8 @@ def check_storage_url(url: str | None) -> None:
         ) from error
 
 
-def prepare(request: Request) -> Protocol:
-    """Check every input and build the `Protocol`, pinning and training nothing (synthetic tasks are written).
-
-    Raises:
-        ValueError, FileNotFoundError: an input that cannot work; the message names the option, file or value.
-    """
+def _checked(request: Request) -> tuple[ProtocolPreset, list[str], list[tuple[str, str]]]:
+    """The preset with the request's settings, the methods and the `(benchmark, task)` pairs, all checked."""
     if request.devices < 1:
         raise ValueError(f"--devices should be at least 1, got {request.devices}")
     if request.checkpoint_every < 1:
@@ -96,6 +94,11 @@ def prepare(request: Request) -> Protocol:
     check_overrides(preset.overrides, f"preset {preset.path}: override")
     for label, grid in preset.methods.items():
         check_overrides(grid.overrides, f"preset {preset.path}: method {label}: override")
+    for benchmark, entry in preset.benchmarks.items():
+        where = f"preset {preset.path}: benchmarks.{benchmark}"
+        check_overrides(entry["overrides"], f"{where}: override")
+        for label, changes in entry["methods"].items():
+            check_overrides(changes.get("overrides", {}), f"{where}: method {label}: override")
     preset = replace(preset, overrides={**preset.overrides, **request.overrides})
     if request.final_includes_val is not None:
         preset = replace(preset, final_includes_val=request.final_includes_val)
@@ -105,16 +108,13 @@ def prepare(request: Request) -> Protocol:
         raise ValueError(
             f"unknown method {unknown[0]!r} for preset {preset.name}; expected one of {list(preset.methods)}"
         )
-    pairs = resolve_tasks(request.benchmark, request.tasks, preset)
-    if request.data_root is not None and not request.data_root.is_dir():
-        raise FileNotFoundError(f"--data-root {request.data_root} does not exist")
-    data_root = request.data_root or (request.out / "data" if preset.synthetic else None)
-    tasks, broken = prepare_data(pairs, data_root, preset, request.splits_dir)
-    if not tasks:
-        raise ValueError("no task can run: " + "; ".join(f"{task}: {why}" for task, why in broken.items()))
-    protocol = Protocol(
+    return preset, methods, resolve_tasks(request.benchmark, request.tasks, preset)
+
+
+def _protocol(request: Request, preset: ProtocolPreset, units: list, data_root: Path | None, broken=None) -> Protocol:
+    return Protocol(
         preset,
-        expand_units(tasks, methods, list(request.seeds or preset.seeds)),
+        units,
         request.out,
         data_root,
         splits_dir=request.splits_dir,
@@ -127,10 +127,47 @@ def prepare(request: Request) -> Protocol:
         checkpoint_every=request.checkpoint_every,
         broken=broken,
     )
+
+
+def prepare(request: Request) -> Protocol:
+    """Check every input and build the `Protocol`, pinning and training nothing (synthetic tasks are written).
+
+    Raises:
+        ValueError, FileNotFoundError: an input that cannot work; the message names the option, file or value.
+    """
+    preset, methods, pairs = _checked(request)
+    if request.data_root is not None and not request.data_root.is_dir():
+        raise FileNotFoundError(f"--data-root {request.data_root} does not exist")
+    data_root = request.data_root or (request.out / "data" if preset.synthetic else None)
+    tasks, broken = prepare_data(pairs, data_root, preset, request.splits_dir)
+    if not tasks:
+        raise ValueError("no task can run: " + "; ".join(f"{task}: {why}" for task, why in broken.items()))
+    units = expand_units(tasks, methods, list(request.seeds or preset.seeds))
+    protocol = _protocol(request, preset, units, data_root, broken)
     protocol.check_configurations()
     if not protocol.units:
         raise ValueError("no task can run: " + "; ".join(f"{t}: {why}" for t, why in protocol.broken.items()))
     return protocol
+
+
+def prepare_plan(request: Request) -> Protocol:
+    """The `Protocol` of a dry run: inputs checked as by `prepare`, but no data is read or written (registry tasks
+    need none; a folder of one's own is described by its manifest) and no storage is opened.
+
+    Raises:
+        ValueError: a task the plan cannot describe without its data (a synthetic task not written yet).
+    """
+    preset, methods, pairs = _checked(request)
+    tasks = []
+    for benchmark, task in pairs:
+        if benchmark == CUSTOM:
+            tasks.append(TaskData(CUSTOM, open_folder(task).name, str(Path(task) / MANIFEST_FILE), task))
+        elif task in VTAB_TASKS or task in FGVC_DATASETS:
+            tasks.append(TaskData(benchmark, task))
+        else:
+            raise ValueError(f"--dry-run plans registry tasks and folders of one's own; {benchmark}/{task} is neither")
+    units = expand_units(tasks, methods, list(request.seeds or preset.seeds))
+    return _protocol(request, preset, units, request.data_root or Path("DATA_ROOT"))
 
 
 def pin(protocol: Protocol) -> None:

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..data.registry import BENCHMARKS
+
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 KEYS = {"name", "base", "fit_config", "search_epochs", "final_includes_val", "seeds", "tasks", "synthetic", "methods"}
-KEYS |= {"overrides"}
+KEYS |= {"overrides", "benchmarks", "selection"}
 GRID_KEYS = {"config", "lr", "weight_decay", "overrides"}
+BENCHMARK_KEYS = {"search_epochs", "methods", "overrides"}  # what a `benchmarks: {NAME: ...}` entry may change
+SELECTION_RULES = ("last", "best")
 # Settings that say where or how data is held, never what a run computes (the cached loader serves the very batches
 # of the decoding one): left out of the fingerprint and of a run's identity, so moving them keeps the results.
 LOCAL_SETTINGS = ("data.cache_dir", "data.cache_device")
@@ -55,6 +59,11 @@ class ProtocolPreset:
         tasks: default `benchmark/name` targets (the smoke preset's synthetic tasks).
         synthetic: how to generate the synthetic tasks when no data root is given.
         overrides: `section.key: value` settings applied on top of `fit_config`.
+        selection: how a search run is scored: its validation top-1 at the `last` search epoch, or the `best` over
+            its search epochs (validated every epoch either way; both are recorded).
+        benchmarks: per benchmark (`vtab-1k`, `fgvc`), what differs from the above: `search_epochs`, `overrides`
+            (merged), and per method `lr`, `weight_decay`, `overrides`; `for_benchmark` applies them. Tasks of
+            other benchmarks (folders of one's own, synthetic tasks) use the values above.
     """
 
     name: str
@@ -67,12 +76,38 @@ class ProtocolPreset:
     tasks: tuple[str, ...] = ()
     synthetic: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
+    selection: str = "last"
+    benchmarks: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def for_benchmark(self, benchmark: str) -> ProtocolPreset:
+        """The preset as it applies to tasks of `benchmark` (its `benchmarks` entry applied; none left)."""
+        entry = self.benchmarks.get(benchmark)
+        if not entry:
+            return replace(self, benchmarks={})
+        methods = dict(self.methods)
+        for label, changes in (entry.get("methods") or {}).items():
+            grid = methods[label]
+            methods[label] = replace(
+                grid,
+                lr=changes.get("lr", grid.lr),
+                weight_decay=changes.get("weight_decay", grid.weight_decay),
+                overrides={**grid.overrides, **changes.get("overrides", {})},
+            )
+        return replace(
+            self,
+            search_epochs=entry.get("search_epochs", self.search_epochs),
+            overrides={**self.overrides, **entry.get("overrides", {})},
+            methods=methods,
+            benchmarks={},
+        )
 
     def fingerprint(self) -> str:
         """A digest of everything that changes a result: the recipe files, overrides, search length and grids."""
         content = {
             "fit_config": self.fit_config.read_text(),
             "overrides": result_settings(self.overrides),
+            **({"selection": self.selection} if self.selection != "last" else {}),
+            **({"benchmarks": self.benchmarks} if self.benchmarks else {}),
             "search_epochs": self.search_epochs,
             "final_includes_val": self.final_includes_val,
             "methods": {
@@ -121,7 +156,8 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         return raw
     base = _read(path.parent / raw.pop("base"), (*seen, path.resolve()))
     overrides = {**base.get("overrides", {}), **raw.pop("overrides", {})}
-    return {**base, **raw, "overrides": overrides}
+    benchmarks = {**base.get("benchmarks", {}), **raw.pop("benchmarks", {})}
+    return {**base, **raw, "overrides": overrides, "benchmarks": benchmarks}
 
 
 def _grid(where: str, label: str, raw: Any) -> MethodGrid:
@@ -134,15 +170,40 @@ def _grid(where: str, label: str, raw: Any) -> MethodGrid:
         raise ValueError(f"{where}: method {label!r}: overrides should map `section.key` to values, got {overrides!r}")
     if not raw["config"].is_file():
         raise FileNotFoundError(f"{where}: method {label!r}: config {raw['config']} does not exist")
-    values = {}
-    for key in ("lr", "weight_decay"):
-        items = raw[key] if isinstance(raw[key], list) else [raw[key]]
-        if not items or not all(isinstance(v, int | float) and v >= 0 for v in items) or len(set(items)) != len(items):
-            raise ValueError(
-                f"{where}: method {label!r}: {key} should be distinct non-negative numbers, got {raw[key]}"
-            )
-        values[key] = tuple(float(v) for v in items)
+    values = {key: _values(where, label, key, raw[key]) for key in ("lr", "weight_decay")}
     return MethodGrid(raw["config"], values["lr"], values["weight_decay"], dict(overrides))
+
+
+def _values(where: str, label: str, key: str, raw: Any) -> tuple[float, ...]:
+    items = raw if isinstance(raw, list) else [raw]
+    if not items or not all(isinstance(v, int | float) and v >= 0 for v in items) or len(set(items)) != len(items):
+        raise ValueError(f"{where}: method {label!r}: {key} should be distinct non-negative numbers, got {raw}")
+    return tuple(float(v) for v in items)
+
+
+def _benchmarks(where: str, raw: Any, methods: dict[str, MethodGrid]) -> dict[str, dict[str, Any]]:
+    """Check the `benchmarks` section; lr and weight-decay lists become tuples as in `MethodGrid`."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: benchmarks should map a benchmark to its settings, got {raw!r}")
+    checked: dict[str, dict[str, Any]] = {}
+    for benchmark, entry in raw.items():
+        here = f"{where}: benchmarks.{benchmark}"
+        if benchmark not in BENCHMARKS:
+            raise ValueError(f"{here}: unknown benchmark; expected one of {list(BENCHMARKS)}")
+        if not isinstance(entry, dict) or not set(entry) <= BENCHMARK_KEYS:
+            raise ValueError(f"{here}: expected a mapping with keys among {sorted(BENCHMARK_KEYS)}, got {entry!r}")
+        epochs = entry.get("search_epochs", 1)
+        if not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"{here}.search_epochs should be a positive integer, got {epochs!r}")
+        grids: dict[str, dict[str, Any]] = {}
+        for label, changes in (entry.get("methods") or {}).items():
+            if label not in methods:
+                raise ValueError(f"{here}.methods: {label!r} is not a method of the preset ({list(methods)})")
+            if not isinstance(changes, dict) or not set(changes) <= GRID_KEYS - {"config"}:
+                raise ValueError(f"{here}.methods.{label}: expected lr, weight_decay or overrides, got {changes!r}")
+            grids[label] = {k: _values(here, label, k, v) if k != "overrides" else dict(v) for k, v in changes.items()}
+        checked[benchmark] = {**entry, "methods": grids, "overrides": dict(entry.get("overrides") or {})}
+    return checked
 
 
 def load_preset(ref: str | Path) -> ProtocolPreset:
@@ -164,9 +225,12 @@ def load_preset(ref: str | Path) -> ProtocolPreset:
         raise ValueError(f"{where}: search_epochs should be a positive integer, got {raw['search_epochs']!r}")
     if not isinstance(raw["methods"], dict) or not raw["methods"]:
         raise ValueError(f"{where}: methods should map labels to grids")
+    if raw.get("selection", "last") not in SELECTION_RULES:
+        raise ValueError(f"{where}: selection should be one of {SELECTION_RULES}, got {raw['selection']!r}")
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
         raise ValueError(f"{where}: seeds should be a list of integers, got {seeds!r}")
+    methods = {label: _grid(where, label, grid) for label, grid in raw["methods"].items()}
     return ProtocolPreset(
         name=str(raw["name"]),
         path=path,
@@ -174,8 +238,10 @@ def load_preset(ref: str | Path) -> ProtocolPreset:
         search_epochs=raw["search_epochs"],
         final_includes_val=bool(raw.get("final_includes_val", False)),
         seeds=tuple(seeds),
-        methods={label: _grid(where, label, grid) for label, grid in raw["methods"].items()},
+        methods=methods,
         tasks=tuple(raw.get("tasks") or ()),
         synthetic=dict(raw.get("synthetic") or {}),
         overrides=dict(raw.get("overrides") or {}),
+        selection=raw.get("selection", "last"),
+        benchmarks=_benchmarks(where, raw.get("benchmarks") or {}, methods),
     )

@@ -35,6 +35,8 @@ COLUMNS = (
     "top1",
     "state",
     "reason",
+    "best_top1",
+    "best_epoch",
     "params",
     "backbone",
     "preset",

@@ -205,6 +205,7 @@ class Protocol:
         self.results_file = out / "results.csv"
         self.started = time.monotonic()
         self.epochs_done = 0
+        self._presets: dict[str, ProtocolPreset] = {}
         self._studies: dict[Unit, GridStudy] = {}
         self._finals: dict[Unit, GridStudy] = {}
 
@@ -230,7 +231,17 @@ class Protocol:
         self.units = [u for u in self.units if f"{u.benchmark}/{u.task}" not in self.broken]
 
     def _sample_spec(self, unit: Unit) -> RunSpec:
-        return self.spec(unit, "search", self.preset.methods[unit.method].points[0])
+        return self.spec(unit, "search", self.preset_for(unit).methods[unit.method].points[0])
+
+    def preset_for(self, unit: Unit) -> ProtocolPreset:
+        """The preset as it applies to the unit's benchmark (search length, grids, recipe settings)."""
+        if unit.benchmark not in self._presets:
+            self._presets[unit.benchmark] = self.preset.for_benchmark(unit.benchmark)
+        return self._presets[unit.benchmark]
+
+    def score(self, row: dict[str, Any]) -> float:
+        """A search run's objective: its validation top-1 at the last search epoch, or its best (`selection`)."""
+        return float(row["best_top1"] if self.preset.selection == "best" else row["top1"])
 
     def unit_fingerprint(self, unit: Unit) -> str:
         """The digest of the preset and of the unit's data: changed split files never reuse stale results."""
@@ -240,7 +251,8 @@ class Protocol:
         return f"{unit.benchmark}/{unit.task}/{unit.method}/seed{unit.seed}/{stage}@{self.unit_fingerprint(unit)[:12]}"
 
     def spec(self, unit: Unit, stage: str, point: tuple[float, float]) -> RunSpec:
-        grid = self.preset.methods[unit.method]
+        preset = self.preset_for(unit)
+        grid = preset.methods[unit.method]
         return RunSpec(
             benchmark=unit.benchmark,
             task=unit.task,
@@ -252,14 +264,14 @@ class Protocol:
             seed=unit.seed,
             fit_config=str(self.preset.fit_config),
             data_root=unit.data_root or str(self.data_root),
-            search_epochs=self.preset.search_epochs,
+            search_epochs=preset.search_epochs,
             preset=self.preset.name,
             fingerprint=self.unit_fingerprint(unit),
             data_identity=unit.data_id,
             splits_dir=str(self.splits_dir) if self.splits_dir else None,
             manifest=unit.manifest,
             final_includes_val=self.preset.final_includes_val,
-            overrides={**self.preset.overrides, **grid.overrides},  # in the preset: its fingerprint covers them
+            overrides={**preset.overrides, **grid.overrides},  # in the preset: its fingerprint covers them
             devices=self.devices,
             progress=self.progress,
             checkpoint_every=self.checkpoint_every,
@@ -267,8 +279,9 @@ class Protocol:
 
     def search_study(self, unit: Unit) -> GridStudy:
         if unit not in self._studies:
-            points = self.preset.methods[unit.method].points
-            self._studies[unit] = GridStudy(self.storage, self.study_name(unit, "search"), points, unit.seed)
+            points = self.preset_for(unit).methods[unit.method].points
+            name = self.study_name(unit, "search")
+            self._studies[unit] = GridStudy(self.storage, name, points, unit.seed, score=self.score)
         return self._studies[unit]
 
     def final_study(self, unit: Unit, point: tuple[float, float]) -> GridStudy:
@@ -287,14 +300,15 @@ class Protocol:
 
     def summary(self, last: dict[str, Any] | None = None) -> str:
         """One line: search and final runs done / total over all units, elapsed time, ETA, the latest result."""
-        searches = finals = searches_total = 0
+        searches = finals = searches_total = remaining = 0
         for unit in self.units:
             states = self.search_study(unit).states()
-            searches += sum(s == "complete" for s in states.values())
+            done = sum(s in ("complete", "diverged") for s in states.values())
+            searches += done
             searches_total += len(states)
+            remaining += (len(states) - done) * self.preset_for(unit).search_epochs
             finals += self._final_done(unit)
         elapsed = time.monotonic() - self.started
-        remaining = (searches_total - searches) * self.preset.search_epochs
         if "final" in self.stages:
             remaining += (len(self.units) - finals) * self.schedule_epochs
         eta = f"{timedelta(seconds=round(remaining * elapsed / self.epochs_done))}" if self.epochs_done else "?"
@@ -303,11 +317,12 @@ class Protocol:
         line += f" elapsed {timedelta(seconds=round(elapsed))} · ETA {eta}"
         if last:
             split = "val" if last["stage"] == "search" else "test"
-            outcome = (
-                f"diverged ({last['reason']})"
-                if last.get("state") == "diverged"
-                else f"{split} top-1 {last['top1']:.2f}"
-            )
+            if last.get("state") == "diverged":
+                outcome = f"diverged ({last['reason']})"
+            else:
+                outcome = f"{split} top-1 {last['top1']:.2f}"
+                if last.get("best_epoch") not in (None, ""):
+                    outcome += f" (best {last['best_top1']:.2f} at epoch {last['best_epoch']})"
             line += (
                 f" · {last['benchmark']}/{last['task']} {last['method']} seed {last['seed']} {last['stage']} "
                 f"lr={last['lr']:g} wd={last['weight_decay']:g}: {outcome}"
@@ -329,15 +344,11 @@ class Protocol:
         point, value = study.best()
         folder = self.out / "runs" / unit.benchmark / unit.task / unit.method / f"seed{unit.seed}"
         folder.mkdir(parents=True, exist_ok=True)
+        rule = "at the last search epoch" if self.preset.selection == "last" else "best over the search epochs"
         record = {
             "selected": {"lr": point[0], "weight_decay": point[1], "val_top1": value},
-            "selected_on": "validation top-1 of the search runs (ties: earlier grid point)",
-            "search": {
-                f"lr={r['lr']:g} wd={r['weight_decay']:g}": f"diverged: {r['reason']}"
-                if r.get("state") == "diverged"
-                else r["top1"]
-                for r in study.results()
-            },
+            "selected_on": f"validation top-1 {rule} (selection: {self.preset.selection}; ties: earlier grid point)",
+            "search": {f"lr={r['lr']:g} wd={r['weight_decay']:g}": _search_record(r) for r in study.results()},
         }
         write_atomic(folder / "selection.json", json.dumps(record, indent=1))
         return point
@@ -408,6 +419,13 @@ class Protocol:
         if failed or self.broken:
             print(f"{len(failed)} unit(s) failed and {len(self.broken)} task(s) were left out", flush=True)
         return 1 if failed or self.broken else 0
+
+
+def _search_record(row: dict[str, Any]) -> dict[str, Any] | str:
+    """What selection.json keeps of a search run: its last and best validation top-1, or why it diverged."""
+    if row.get("state") == "diverged":
+        return f"diverged: {row['reason']}"
+    return {"last": row["top1"], "best": row.get("best_top1"), "best_epoch": row.get("best_epoch")}
 
 
 def expand_units(tasks: list[TaskData], methods: list[str], seeds: list[int]) -> list[Unit]:

@@ -113,7 +113,9 @@ def _arguments(spec: RunSpec, run_dir: Path) -> list[str]:
         f"--data.seed={spec.seed}",
         f"--data.final_includes_val={str(spec.final_includes_val).lower()}",
         f"--trainer.default_root_dir={run_dir}",
-        "--trainer.limit_val_batches=0",  # nothing is evaluated while training; the stage's split once at the end
+        # search: val every epoch (best and last both recorded); final: nothing evaluated until the end (test once)
+        f"--trainer.limit_val_batches={1.0 if spec.stage == 'search' else 0}",
+        "--trainer.check_val_every_n_epoch=1",
         "--trainer.num_sanity_val_steps=0",
         "--trainer.enable_model_summary=false",
         f"--trainer.enable_progress_bar={str(spec.progress).lower()}",
@@ -226,8 +228,22 @@ def train_run(spec: RunSpec, out: Path) -> dict[str, Any]:
         except TrainingDiverged as diverged:
             row = _row(spec, out, run_dir, cli, top1=None, reason=str(diverged))
     _merge_logged_epochs(run_dir)
-    _write_result(spec, run_dir, row, resumed_at)
+    if spec.stage == "search" and row["state"] == "finished":
+        row.update(_best_validation(run_dir / METRICS_FILE))
+    groups = [
+        {"weight_decay": g["weight_decay"], "tensors": g["names"]} for g in cli.model.parameter_groups()
+    ]  # what the optimizer decayed: in result.json, since protocol runs keep Lightning's log quiet
+    _write_result(spec, run_dir, row, resumed_at, groups)
     return row
+
+
+def _best_validation(metrics: Path) -> dict[str, Any]:
+    """The best validation top-1 over a search run's epochs (the earliest epoch among equals), from its log."""
+    scores = [(float(r["val/acc"]), int(r["epoch"])) for r in _read_metrics(metrics) if r.get("val/acc")]
+    if not scores:
+        return {}
+    best, epoch = max(scores, key=lambda s: (s[0], -s[1]))
+    return {"best_top1": round(100.0 * best, 4), "best_epoch": epoch}
 
 
 def _checkpoint_epoch(last: Path) -> int:
@@ -307,6 +323,8 @@ def _train(spec: RunSpec, out: Path, run_dir: Path, cli: Any) -> dict[str, Any]:
             enable_model_summary=False,
         )
     trainer.limit_val_batches = 1.0
+    if spec.stage == "search":
+        trainer.loggers = []  # the last epoch's validation is in the log already
     evaluate = trainer.validate if spec.stage == "search" else trainer.test
     metrics = evaluate(model, datamodule=data, verbose=False)[0]
     top1 = 100.0 * float(metrics["val/acc" if spec.stage == "search" else "test/acc"])
@@ -333,6 +351,8 @@ def _row(spec: RunSpec, out: Path, run_dir: Path, cli: Any, top1: float | None, 
         "top1": round(top1, 4) if top1 is not None else "",
         "state": "finished" if top1 is not None else "diverged",
         "reason": reason,
+        "best_top1": "",
+        "best_epoch": "",
         "params": count_trainable(model.network),  # the head excluded, as in the paper's tables
         "backbone": model.network.default_cfg["architecture"]
         if source["kind"] == "random"
@@ -345,15 +365,22 @@ def _row(spec: RunSpec, out: Path, run_dir: Path, cli: Any, top1: float | None, 
         "eval_split": data.eval_split,
         "eval_size": len(data.samples["eval"]),
         "batch_size": data.batch_size * spec.devices,
-        "precision": str(trainer.precision),
+        "precision": _precision(str(trainer.precision), model.hparams.float32_matmul_precision),
         "fingerprint": spec.fingerprint[:12],
         "run_dir": str(run_dir.relative_to(out)),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 
-def _write_result(spec: RunSpec, run_dir: Path, row: dict[str, Any], resumed_at: int) -> None:
+def _precision(trainer_precision: str, matmul: str) -> str:
+    """The trainer's precision, with the fp32 matmul precision when it is not true fp32 (`32-true+tf32`)."""
+    return trainer_precision + {"highest": "", "high": "+tf32", "medium": "+matmul-bf16"}[matmul]
+
+
+def _write_result(
+    spec: RunSpec, run_dir: Path, row: dict[str, Any], resumed_at: int, groups: list[dict[str, Any]]
+) -> None:
     """`result.json` (written whole or not at all), then the checkpoints go: the run is done."""
-    record = {"spec": spec.identity(), "row": row, "resumed_at_epoch": resumed_at or None}
+    record = {"spec": spec.identity(), "row": row, "resumed_at_epoch": resumed_at or None, "optimizer_groups": groups}
     write_atomic(run_dir / RESULT_FILE, json.dumps(record, indent=1))
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # done: the optimizer state is no longer needed

@@ -238,10 +238,19 @@ class GridStudy:
         name: the study's name (unique per benchmark, task, method, seed, stage and protocol fingerprint).
         points: the grid (lr, weight decay) in selection tie-break order.
         seed: seed of the sampler's choice among free points.
+        score: a finished run's objective from its results row (default: its `top1`).
     """
 
-    def __init__(self, storage: BaseStorage, name: str, points: Sequence[Point], seed: int = 0) -> None:
+    def __init__(
+        self,
+        storage: BaseStorage,
+        name: str,
+        points: Sequence[Point],
+        seed: int = 0,
+        score: Callable[[dict[str, Any]], float] | None = None,
+    ) -> None:
         self.name = name
+        self.score = score or (lambda row: float(row["top1"]))
         self.points = list(points)
         self.lrs = list(dict.fromkeys(lr for lr, _ in self.points))
         self.wds = list(dict.fromkeys(wd for _, wd in self.points))
@@ -348,7 +357,7 @@ class GridStudy:
             if row.get("state") == "diverged":  # a result, not an error: never retried, never selected
                 trial.set_user_attr("diverged", row["reason"])
                 raise optuna.TrialPruned(f"point {point} diverged: {row['reason']}")
-            return float(row["top1"])
+            return self.score(row)
 
         def completed(study: optuna.Study, trial: FrozenTrial) -> None:
             if trial.state == TrialState.COMPLETE or "diverged" in trial.user_attrs:

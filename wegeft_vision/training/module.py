@@ -18,7 +18,18 @@ from timm.scheduler import CosineLRScheduler
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..backbones import DEFAULT_BACKBONE, backbone_tag, create_backbone, data_config
-from ..methods import MethodConfig, WeGeFTConfig, config_from_spec, inject, save_adapter, trainable_parameters
+from ..methods import (
+    MethodConfig,
+    WeGeFTConfig,
+    config_from_spec,
+    inject,
+    load_adapter,
+    read_adapter_meta,
+    save_adapter,
+    trainable_parameters,
+)
+
+MATMUL_PRECISIONS = ("highest", "high", "medium")
 
 
 class TrainingDiverged(RuntimeError):
@@ -40,6 +51,8 @@ class ClassificationModule(L.LightningModule):
         backbone_overrides: timm architecture arguments (tiny test models: `img_size`, `depth`, ...).
         lr: peak learning rate.
         weight_decay: AdamW weight decay.
+        no_decay_1d_and_bias: no weight decay on 1-D tensors and biases (BitFit's parameters, the head's bias, norms
+            under full fine-tuning), as the authors' `param_groups_weight_decay_filter`; else decay on every tensor.
         epochs: length of the cosine schedule (a search run stops earlier on the same schedule).
         warmup_epochs: linear warmup from `warmup_lr` to `lr`.
         warmup_lr: learning rate at the first epoch.
@@ -47,6 +60,10 @@ class ClassificationModule(L.LightningModule):
         label_smoothing: cross-entropy label smoothing.
         drop_path: stochastic depth rate of the backbone.
         compile: wrap the network in `torch.compile`.
+        float32_matmul_precision: `highest` (true fp32), `high` (TF32 on GPUs that have it, as the authors' code:
+            `allow_tf32 = True`) or `medium`; set for matmuls and cuDNN when the run starts.
+        adapter: an adapter file (.safetensors with its sidecar) loaded onto the injected network, e.g. to `test`
+            it; `method` defaults to the adapter's own, and the backbone must be the one its sidecar records.
     """
 
     def __init__(
@@ -60,6 +77,7 @@ class ClassificationModule(L.LightningModule):
         backbone_overrides: dict[str, Any] | None = None,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
+        no_decay_1d_and_bias: bool = False,
         epochs: int = 100,
         warmup_epochs: int = 10,
         warmup_lr: float = 1e-7,
@@ -67,12 +85,21 @@ class ClassificationModule(L.LightningModule):
         label_smoothing: float = 0.0,
         drop_path: float = 0.1,
         compile: bool = False,
+        float32_matmul_precision: str = "highest",
+        adapter: str | None = None,
     ) -> None:
         super().__init__()
+        saved = read_adapter_meta(adapter) if adapter is not None else None
+        if method is None and saved is not None:
+            method = saved["config"]
         method = WeGeFTConfig() if method is None else method
         self.method = config_from_spec(method, "model.method") if isinstance(method, dict) else method
         self.save_hyperparameters(ignore=["method"], logger=False)
         self.hparams["method"] = self.method.to_dict()  # plain JSON in checkpoints, whatever form was passed
+        if float32_matmul_precision not in MATMUL_PRECISIONS:
+            raise ValueError(
+                f"float32_matmul_precision should be one of {MATMUL_PRECISIONS}, got {float32_matmul_precision!r}"
+            )
         if epochs < 1 or not 0 <= warmup_epochs < epochs:
             raise ValueError(f"need epochs >= 1 and 0 <= warmup_epochs < epochs, got {epochs} and {warmup_epochs}")
         network = create_backbone(
@@ -85,6 +112,12 @@ class ClassificationModule(L.LightningModule):
             **(backbone_overrides or {}),
         )
         self.network = inject(network, self.method)
+        if adapter is not None:
+            architecture, tag = saved["backbone"]["architecture"], saved["backbone"]["tag"]
+            recorded = f"{architecture}.{tag}"
+            if architecture and tag and recorded != backbone_tag(network):
+                raise ValueError(f"adapter {adapter} is for {recorded}, not {backbone_tag(network)} (model.backbone)")
+            load_adapter(self.network, adapter)
         self.forward_network = torch.compile(self.network) if compile else self.network
         self.strict_loading = False  # checkpoints hold only the trainable tensors
         self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
@@ -98,6 +131,26 @@ class ClassificationModule(L.LightningModule):
     @property
     def data_config(self) -> dict[str, Any]:
         return data_config(self.network)
+
+    def setup(self, stage: str) -> None:
+        precision = self.hparams.float32_matmul_precision
+        torch.set_float32_matmul_precision(precision)
+        torch.backends.cudnn.allow_tf32 = precision != "highest"
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's groups: every trainable tensor with the weight decay, or (`no_decay_1d_and_bias`) the 1-D
+        tensors and biases in a group of their own without it. Each group names its tensors (`names`)."""
+        params = trainable_parameters(self.network)
+        exempt = {
+            name
+            for name, p in params.items()
+            if self.hparams.no_decay_1d_and_bias and (p.ndim <= 1 or name.endswith(".bias"))
+        }
+        groups = [
+            {"names": [n for n in params if n not in exempt], "weight_decay": self.hparams.weight_decay},
+            {"names": [n for n in params if n in exempt], "weight_decay": 0.0},
+        ]
+        return [{**g, "params": [params[n] for n in g["names"]]} for g in groups if g["names"]]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward_network(images)
@@ -136,11 +189,20 @@ class ClassificationModule(L.LightningModule):
         self._step(batch, "test", self.test_acc)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        params = trainable_parameters(self.network)
-        rank_zero_info(f"training {sum(p.numel() for p in params.values()):,} parameters in {len(params)} tensors")
+        groups = self.parameter_groups()
+        for group in groups:  # once per run: what trains, and with which weight decay
+            count = sum(p.numel() for p in group["params"])
+            names = ", ".join(group["names"][:6]) + (", ..." if len(group["names"]) > 6 else "")
+            rank_zero_info(
+                f"training {count:,} parameters in {len(group['names'])} tensors with weight decay "
+                f"{group['weight_decay']:g}: {names}"
+            )
         hp = self.hparams
         optimizer = torch.optim.AdamW(
-            params.values(), lr=hp.lr, weight_decay=hp.weight_decay, betas=(0.9, 0.999), eps=1e-8
+            [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in groups],
+            lr=hp.lr,
+            betas=(0.9, 0.999),
+            eps=1e-8,
         )
         scheduler = CosineLRScheduler(
             optimizer,
