@@ -1,8 +1,9 @@
 """Training-step time and memory of every method on one architecture, as ratios to LoRA and to the frozen backbone.
 
 Variants: each method with its default config, WeGeFT on its factored and naive weight-space paths (the latter rebuilds
-W_hat every step, as reference code does), and `frozen`: every weight frozen but the gradient still taken through all
-blocks (from the patch tokens), the floor for any method that adapts the first block. Variants run interleaved in
+W_hat every step, as reference code does), WeGeFT with each non-linear g_theta of Table 8 and GIFT v1's PaCa, and
+`frozen`: every weight frozen but the gradient still taken through all blocks (from the patch tokens), the floor for
+any method that adapts the first block. Variants run interleaved in
 rounds so that drift of the machine hits all of them alike; the median step is reported. Memory is the bytes autograd
 saves for backward (any device) plus, on CUDA, the peak allocation of a step above the resident model.
 
@@ -16,6 +17,7 @@ import copy
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -25,9 +27,13 @@ import torch.nn.functional as F
 
 from wegeft_vision.methods import (
     BitFitConfig,
+    FacTTKConfig,
+    FacTTTConfig,
     FullFinetuneConfig,
+    GenFTConfig,
     LinearProbeConfig,
     LoRAConfig,
+    SharedLoRAConfig,
     VPTConfig,
     WeGeFTConfig,
     count_trainable,
@@ -44,8 +50,28 @@ VARIANTS = {
     "wegeft": WeGeFTConfig(),
     "wegeft-factored": WeGeFTConfig(compute="factored"),
     "wegeft-naive-weight": WeGeFTConfig(compute="weight"),
+    # g_theta ablations (Table 8) and GIFT v1's PaCa: g is not linear, so ΔW's factor g(W phi) is rebuilt every step
+    **{f"wegeft-{g}": WeGeFTConfig(generator=g) for g in ("sigmoid", "relu", "gelu", "mlp", "transformer", "mixer")},
+    "paca": WeGeFTConfig(generator="paca"),
+    "paca-attn": WeGeFTConfig(generator="paca_attn"),
+    # compared methods: shared LoRA (the weight-unaware control), GenFT (rebuilds its d x d ΔW every step), FacT
+    "lora-shared": SharedLoRAConfig(),
+    "genft-qv": GenFTConfig(),
+    "genft-proj": GenFTConfig(targets=("attn.proj",)),
+    "fact-tt": FacTTTConfig(),
+    "fact-tk": FacTTKConfig(),
     "full": FullFinetuneConfig(),
 }
+
+
+def _peft_variants() -> dict:
+    """peft's methods (`peft-dora`, ...) when the `peft` extra is installed."""
+    from wegeft_vision.methods.hf_peft import default_configs
+
+    return {label.replace(":", "-"): config for label, config in default_configs()}
+
+
+VARIANTS.update(_peft_variants())
 
 
 def parse_args() -> argparse.Namespace:
@@ -142,7 +168,12 @@ def main() -> None:
     base = timm.create_model(args.model, pretrained=False, num_classes=args.num_classes, img_size=args.img_size)
     images = torch.randn(args.batch, 3, args.img_size, args.img_size, device=device)
     labels = torch.randint(0, args.num_classes, (args.batch,), device=device)
-    variants = [Variant(name, base, args) for name in args.variants]
+    variants = []
+    for name in args.variants:
+        try:
+            variants.append(Variant(name, base, args))
+        except ValueError as error:  # a method that does not fit this model (e.g. VB-LoRA's vector length)
+            print(f"skipped {name}: {' '.join(str(error).split())}", file=sys.stderr)
 
     memory = {}
     for v in variants:

@@ -158,7 +158,7 @@ def test_layer_subset_and_other_targets(tiny_vit):
         ({"rank": 0}, "rank must be a positive integer"),
         ({"variant": "both"}, "variant must be 'd_in' or 'd_out'"),
         ({"init": "gauss"}, "init must be"),
-        ({"generator": "mlp"}, "unknown generator 'mlp'"),
+        ({"generator": "swish"}, "unknown generator 'swish'"),
         ({"compute": "activation", "dropout": 0.1}, "compute='activation' is exact only"),
         ({"dropout": 1.0}, "dropout must be in"),
         ({"targets": ()}, "targets must name at least one"),

@@ -10,15 +10,20 @@ from pathlib import Path
 from ..backbones import create_backbone
 from ..methods import (
     BitFitConfig,
+    FacTTKConfig,
+    FacTTTConfig,
     FullFinetuneConfig,
+    GenFTConfig,
     LinearProbeConfig,
     LoRAConfig,
     MethodConfig,
+    SharedLoRAConfig,
     VPTConfig,
     WeGeFTConfig,
     count_trainable,
     inject,
 )
+from ..methods.hf_peft import default_configs as peft_rows
 
 HELP = "print the trainable parameters (excluding the head) of each method"
 
@@ -26,7 +31,22 @@ ROWS: list[tuple[str, MethodConfig]] = [
     ("WeGeFT", WeGeFTConfig()),
     ("WeGeFT (d_out)", WeGeFTConfig(variant="d_out")),
     ("WeGeFT-Sep", WeGeFTConfig(shared=False)),
+    # g_theta ablations (the paper's Table 8) and GIFT v1's parameter-to-cluster attention (PaCa)
+    ("WeGeFT-sigmoid", WeGeFTConfig(generator="sigmoid")),
+    ("WeGeFT-ReLU", WeGeFTConfig(generator="relu")),
+    ("WeGeFT-GELU", WeGeFTConfig(generator="gelu")),
+    ("WeGeFT-MLP", WeGeFTConfig(generator="mlp")),
+    ("WeGeFT-Transformer", WeGeFTConfig(generator="transformer")),
+    ("WeGeFT-MLP-Mixer", WeGeFTConfig(generator="mixer")),
+    ("GIFT-PaCa", WeGeFTConfig(generator="paca")),
+    ("GIFT-PaCa-attn", WeGeFTConfig(generator="paca_attn")),
     ("LoRA", LoRAConfig()),
+    # compared under the same recipe: the weight-unaware control (Table 9), GenFT, FacT
+    ("Shared LoRA", SharedLoRAConfig()),
+    ("GenFT (q, v)", GenFTConfig()),
+    ("GenFT (proj)", GenFTConfig(targets=("attn.proj",))),
+    ("FacT-TT", FacTTTConfig()),
+    ("FacT-TK", FacTTKConfig()),
     ("VPT-deep", VPTConfig()),
     ("BitFit", BitFitConfig()),
     ("Linear probe", LinearProbeConfig()),
@@ -45,7 +65,7 @@ def parameter_table(model_name: str, num_classes: int = 100) -> list[dict]:
     base = create_backbone(model_name, num_classes=num_classes, pretrained=False)
     backbone_params = count_trainable(inject(copy.deepcopy(base), FullFinetuneConfig()))
     rows = []
-    for label, config in ROWS:
+    for label, config in [*ROWS, *peft_rows()]:  # the peft methods when the `peft` extra is installed
         trainable = count_trainable(inject(copy.deepcopy(base), config))
         rows.append(
             {

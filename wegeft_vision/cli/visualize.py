@@ -1,5 +1,6 @@
 """WeGeFT cluster heatmaps of a saved adapter: per-image grids, per-(block, cluster) mosaics and, with `--score`,
-localization scores (IoU) against per-pixel masks such as the synthetic data's.
+localization scores (IoU) against per-pixel masks such as the synthetic data's, and with `--clusters`, for a PaCa
+adapter, which weight rows each learned cluster gathers.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..viz import (
     read_cub_parts,
     save_cluster_mosaic,
     save_heatmap_grid,
+    save_paca_clusters,
     write_csv,
 )
 
@@ -82,6 +84,12 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also write localization scores (CSV): IoU against the images' masks, or for fgvc/cub the hit rate of "
         "each map's maximum within --radius of the CUB-200-2011 part locations (parts/part_locs.txt)",
+    )
+    parser.add_argument(
+        "--clusters",
+        action="store_true",
+        help="also draw, for a PaCa adapter (generator paca or paca_attn), which weight rows (output channels) each "
+        "learned cluster gathers, per layer: OUT/clusters/<layer>.png and .npz",
     )
     parser.add_argument(
         "--radius", type=float, default=0.1, help="keypoint hit radius, as a fraction of the image side (CUB)"
@@ -190,6 +198,9 @@ def run(args: argparse.Namespace) -> int:
     if args.score and cub is None:
         _check_masks(items if args.correct_only or args.limit is None else items[: args.limit])
     model: nn.Module = load_adapted_model(args.adapter, weights=args.weights, pretrained=not args.random_weights)
+    if args.clusters:
+        written = save_paca_clusters(model, args.out / "clusters")
+        print(f"wrote {len(written) // 2} PaCa cluster figures to {args.out / 'clusters'}")
     config = data_config(model)
     prep = preprocessing("paper", config, benchmark=args.benchmark or VTAB1K)  # resize only: masks stay aligned
     mean, std = prep.mean, prep.std

@@ -12,7 +12,12 @@ from .base import (
     unmerge,
 )
 from .bitfit import BitFitConfig
-from .lora import LoRAConfig, LoRALinear
+from .fact import FacTLinear, FacTTKConfig, FacTTTConfig
+from .generators import GeneratorSpec
+from .genft import GenFTConfig, GenFTGenerator, GenFTLinear
+from .hf_peft import PeftConfig
+from .lora import LoRAConfig, LoRALinear, SharedLoRAConfig
+from .paca import PaCaAttention, PaCaAttnBlock, PaCaBlock
 from .probe import FullFinetuneConfig, LinearProbeConfig
 from .registry import METHODS, config_from_dict, config_from_spec, config_from_yaml
 from .vpt import PromptedBlock, VPTConfig
@@ -22,12 +27,24 @@ __all__ = [
     "METHODS",
     "AdapterLinear",
     "BitFitConfig",
+    "FacTLinear",
+    "FacTTKConfig",
+    "FacTTTConfig",
     "FullFinetuneConfig",
+    "GenFTConfig",
+    "GenFTGenerator",
+    "GenFTLinear",
+    "GeneratorSpec",
     "LinearProbeConfig",
     "LoRAConfig",
     "LoRALinear",
     "MethodConfig",
+    "PeftConfig",
+    "PaCaAttention",
+    "PaCaAttnBlock",
+    "PaCaBlock",
     "PromptedBlock",
+    "SharedLoRAConfig",
     "VPTConfig",
     "WeGeFTConfig",
     "WeGeFTGenerator",

@@ -13,10 +13,13 @@ from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 CONFIG_ATTR = "peft_config"
 _BLOCK_INDEX = re.compile(r"(?:^|\.)blocks\.(\d+)(?:\.|$)")
+_SLICES = re.compile(r"^(.*[^\[.])\[([qkv ,]+)\]$")  # attn.qkv[q,v]; other [...] stay globs
+QKV = ("q", "k", "v")  # the row blocks of a fused attention projection, in timm's order
 
 
 @dataclasses.dataclass
@@ -34,6 +37,16 @@ class MethodConfig:
         """A JSON-ready dict that `config_from_dict` turns back into an equal config."""
         return {"method": self.method, **dataclasses.asdict(self)}
 
+    def merge_model(self, model: nn.Module) -> None:
+        """Fold the method's updates into the frozen weights (`merge`); methods with layers of their own override."""
+        for layer in adapter_layers(model):
+            layer.merge()
+
+    def unmerge_model(self, model: nn.Module) -> None:
+        """Undo `merge_model`, restoring the very pretrained tensors."""
+        for layer in adapter_layers(model):
+            layer.unmerge()
+
 
 @dataclasses.dataclass
 class TargetedConfig(MethodConfig):
@@ -41,7 +54,8 @@ class TargetedConfig(MethodConfig):
 
     Args:
         targets: module-name patterns; a pattern matches a name it equals or ends with (after a dot), or a glob
-            (`blocks.*.attn.*`) that selects the linear layers it matches.
+            (`blocks.*.attn.*`) that selects the linear layers it matches; a suffix `[q]`, `[v]`, `[q,v]` selects
+            those row blocks of a fused q/k/v projection (`attn.qkv[q,v]`).
         layers: block indices (`blocks.<i>.`) to keep among the matches; None keeps every block.
     """
 
@@ -54,6 +68,8 @@ class TargetedConfig(MethodConfig):
         self.targets = tuple(self.targets)
         if not self.targets:
             raise ValueError(f"{self.method}: targets must name at least one module pattern")
+        for target in self.targets:
+            parse_target(target)  # refuse a bad q/k/v slice list here, not at injection
         if self.layers is not None:
             self.layers = tuple(int(i) for i in self.layers)
 
@@ -102,6 +118,77 @@ class AdapterLinear(nn.Module):
         self.merged = False
 
 
+class RowSlice(nn.Module):
+    """The q, k or v rows of a fused linear layer, seen as a linear layer of its own (no tensors of its own).
+
+    `weight` and `bias` are read at call time from the fused layer's frozen tensors (its pretrained weight while the
+    owning `SlicedLinear` is merged), so a method wraps it like any `nn.Linear`.
+    """
+
+    def __init__(self, fused: nn.Linear, part: str) -> None:
+        super().__init__()
+        self.part = part
+        self.in_features = fused.in_features
+        self.out_features = fused.out_features // len(QKV)
+        index = QKV.index(part)
+        self.rows = slice(index * self.out_features, (index + 1) * self.out_features)
+        object.__setattr__(self, "_fused", fused)  # not a submodule: the fused layer belongs to its SlicedLinear
+        object.__setattr__(self, "_owner", None)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        source = self._owner.weight if self._owner is not None else self._fused.weight
+        return source[self.rows]
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        bias = self._fused.bias
+        return None if bias is None else bias[self.rows]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"part={self.part}, rows={self.rows.start}:{self.rows.stop}, in_features={self.in_features}"
+
+
+class SlicedLinear(AdapterLinear):
+    """A fused q/k/v projection whose q, k and/or v rows each carry an adapter; ΔW is zero in the other rows."""
+
+    def __init__(self, base: nn.Linear) -> None:
+        super().__init__(base)
+        self.slices = nn.ModuleDict()
+
+    def add_slice(self, part: str, adapter: AdapterLinear) -> None:
+        if part in self.slices:
+            raise ValueError(f"slice {part!r} of this layer already carries an adapter")
+        if adapter.base._fused is not self.base:
+            raise ValueError(f"the adapter of slice {part!r} wraps the rows of another layer")
+        object.__setattr__(adapter.base, "_owner", self)
+        self.slices[part] = adapter
+
+    def delta_weight(self) -> torch.Tensor:
+        delta = torch.zeros_like(self.weight)
+        for adapter in self.slices.values():
+            delta[adapter.base.rows] = adapter.delta_weight()
+        return delta
+
+    def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.base.weight, self.base.bias
+        size = self.base.out_features // len(QKV)
+        parts = []
+        for i, part in enumerate(QKV):
+            if part in self.slices:
+                parts.append(self.slices[part](x))
+            else:
+                rows = slice(i * size, (i + 1) * size)
+                parts.append(F.linear(x, weight[rows], None if bias is None else bias[rows]))
+        return torch.cat(parts, dim=-1)
+
+    def extra_repr(self) -> str:
+        return f"slices={list(self.slices)}, merged={self.merged}"
+
+
 def block_index(name: str) -> int | None:
     """The transformer block a module belongs to (`blocks.<i>.`), or None."""
     match = _BLOCK_INDEX.search(name)
@@ -112,13 +199,30 @@ def _matches(name: str, pattern: str) -> bool:
     return name == pattern or name.endswith("." + pattern) or fnmatch.fnmatchcase(name, pattern)
 
 
+def parse_target(pattern: str) -> tuple[str, tuple[str, ...]]:
+    """Split `attn.qkv[q,v]` into the module pattern and its q/k/v slices (none: the whole layer)."""
+    match = _SLICES.match(pattern)
+    if match is None:
+        return pattern, ()
+    names = tuple(s.strip() for s in match.group(2).split(","))
+    bad = [s for s in names if s not in QKV]
+    if bad or len(set(names)) != len(names):
+        raise ValueError(f"target {pattern!r}: slices must be distinct names among {list(QKV)}, got {list(names)}")
+    return match.group(1), tuple(s for s in QKV if s in names)
+
+
 def find_linear_targets(
     model: nn.Module, targets: Sequence[str], layers: Sequence[int] | None = None
-) -> list[tuple[str, nn.Linear]]:
+) -> list[tuple[str, nn.Module]]:
     """The `nn.Linear` modules matched by `targets` (in model order), restricted to `layers` when given.
 
+    A target with q/k/v slices (`attn.qkv[q]`, `attn.qkv[q,v]`) selects rows of a fused (3d, d_in) projection: it
+    yields one `RowSlice` per slice, named `<module>[q]`, which a method wraps like any linear layer and installs with
+    `replace_module`; the fused layer then becomes a `SlicedLinear` whose ΔW is zero outside those rows.
+
     Raises:
-        ValueError: a pattern matches nothing, or a layer index is not a block of the model.
+        ValueError: a pattern matches nothing, a layer index is not a block of the model, a sliced layer's output
+            is not divisible by 3, or a layer is targeted both whole and by slices.
         TypeError: a plain (non-glob) pattern matches a module that is not an `nn.Linear`.
     """
     modules = dict(model.named_modules())
@@ -130,7 +234,9 @@ def find_linear_targets(
                 f"layers {missing} are not blocks of this model (it has blocks 0..{max(present, default=-1)})"
             )
     found: dict[str, nn.Linear] = {}
-    for pattern in targets:
+    slices: dict[str, set[str]] = {}
+    for target in targets:
+        pattern, wanted = parse_target(target)
         hits = [n for n in modules if n and _matches(n, pattern) and (layers is None or block_index(n) in set(layers))]
         if any(c in pattern for c in "*?["):  # a glob selects broadly: keep the linear layers it reaches
             hits = [n for n in hits if isinstance(modules[n], nn.Linear)]
@@ -141,13 +247,37 @@ def find_linear_targets(
             module = modules[name]
             if not isinstance(module, nn.Linear):
                 raise TypeError(f"target {pattern!r} matches {name!r}, a {type(module).__name__}; expected nn.Linear")
+            if wanted and module.out_features % len(QKV):
+                raise ValueError(f"target {target!r}: {name!r} has {module.out_features} outputs, not 3 equal slices")
+            if (name in slices) != bool(wanted) and name in found:
+                raise ValueError(f"target {target!r}: {name!r} is targeted both whole and by q/k/v slices")
             found[name] = module
-    return [(n, found[n]) for n in modules if n in found]
+            if wanted:
+                slices.setdefault(name, set()).update(wanted)
+    result: list[tuple[str, nn.Module]] = []
+    for name in (n for n in modules if n in found):
+        if name in slices:
+            result += [(f"{name}[{s}]", RowSlice(found[name], s)) for s in QKV if s in slices[name]]
+        else:
+            result.append((name, found[name]))
+    return result
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name), child, new)
+    """Put `new` at `name`; a slice name (`blocks.0.attn.qkv[q]`) puts it into that layer's `SlicedLinear`."""
+    module_name, _, part = name.partition("[")
+    parent_name, _, child = module_name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    if not part:
+        setattr(parent, child, new)
+        return
+    if not isinstance(new, AdapterLinear) or not isinstance(new.base, RowSlice):
+        raise TypeError(f"{name}: a q/k/v slice takes an AdapterLinear around its RowSlice, got {type(new).__name__}")
+    fused = getattr(parent, child)
+    if not isinstance(fused, SlicedLinear):
+        fused = SlicedLinear(fused)
+        setattr(parent, child, fused)
+    fused.add_slice(part.rstrip("]"), new)
 
 
 def classifier(model: nn.Module) -> nn.Module:
@@ -171,15 +301,18 @@ def inject(model: nn.Module, config: MethodConfig) -> nn.Module:
     if existing is not None:
         raise ValueError(f"the model already carries a {existing.method!r} method; inject into a fresh backbone")
     head = classifier(model)
+    training = model.training
     model.requires_grad_(False)
     config.apply(model)
+    model.train(training)  # new modules (dropout) follow the model's mode
     head.requires_grad_(True)
     setattr(model, CONFIG_ATTR, config)
     return model
 
 
 def adapter_layers(model: nn.Module) -> Iterable[AdapterLinear]:
-    return (m for m in model.modules() if isinstance(m, AdapterLinear))
+    """The layers that merge: slice adapters inside a `SlicedLinear` merge through it."""
+    return (m for m in model.modules() if isinstance(m, AdapterLinear) and not isinstance(m.base, RowSlice))
 
 
 def _require_mergeable(model: nn.Module) -> None:
@@ -193,16 +326,14 @@ def _require_mergeable(model: nn.Module) -> None:
 def merge(model: nn.Module) -> nn.Module:
     """Fold every weight update into the frozen weights, for inference at the plain backbone's cost."""
     _require_mergeable(model)
-    for layer in adapter_layers(model):
-        layer.merge()
+    method_config(model).merge_model(model)
     return model
 
 
 def unmerge(model: nn.Module) -> nn.Module:
     """Undo `merge`: the frozen weights become bit-identical to the pretrained ones again."""
     _require_mergeable(model)
-    for layer in adapter_layers(model):
-        layer.unmerge()
+    method_config(model).unmerge_model(model)
     return model
 
 

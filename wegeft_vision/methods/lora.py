@@ -1,4 +1,8 @@
-"""LoRA: W_hat = W + (alpha / r) * B @ A (Hu et al., 2022); A (r, d_in) Kaiming-uniform, B (d_out, r) zeros."""
+"""LoRA: W_hat = W + (alpha / r) * B @ A (Hu et al., 2022); A (r, d_in) Kaiming-uniform, B (d_out, r) zeros.
+
+Shared LoRA (`lora_shared`): one (B, A) pair for every targeted layer of a shape, W_hat_l = W_l + (alpha / r) * B @ A;
+the same parameter sharing as WeGeFT without looking at W_l: the weight-unaware control of WeGeFT's Table 9.
+"""
 
 from __future__ import annotations
 
@@ -45,15 +49,38 @@ class LoRAConfig(TargetedConfig):
             replace_module(model, name, LoRALinear(linear, self))
 
 
+@dataclasses.dataclass
+class SharedLoRAConfig(LoRAConfig):
+    """One LoRA pair (B, A) shared by all targeted layers of the same weight shape (the weight-unaware control).
+
+    The default, r = 16 on every `attn.proj`, has exactly WeGeFT's default parameter count (2 * 768 * 16 on ViT-B/16).
+    """
+
+    method: ClassVar[str] = "lora_shared"
+
+    rank: int = 16
+
+    def apply(self, model: nn.Module) -> None:
+        owners: dict[tuple[int, int], LoRALinear] = {}
+        for name, linear in find_linear_targets(model, self.targets, self.layers):
+            shape = tuple(linear.weight.shape)
+            layer = LoRALinear(linear, self, shared_with=owners.get(shape))
+            owners.setdefault(shape, layer)
+            replace_module(model, name, layer)
+
+
 class LoRALinear(AdapterLinear):
     """y = x W^T + b + s * B A dropout(x)."""
 
-    def __init__(self, base: nn.Linear, config: LoRAConfig) -> None:
+    def __init__(self, base: nn.Linear, config: LoRAConfig, shared_with: LoRALinear | None = None) -> None:
         super().__init__(base)
-        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
-        self.lora_A = nn.Parameter(torch.empty(config.rank, base.in_features, **factory))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, config.rank, **factory))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        if shared_with is not None:  # the very parameters of another layer (shared LoRA)
+            self.lora_A, self.lora_B = shared_with.lora_A, shared_with.lora_B
+        else:
+            factory = {"device": base.weight.device, "dtype": base.weight.dtype}
+            self.lora_A = nn.Parameter(torch.empty(config.rank, base.in_features, **factory))
+            self.lora_B = nn.Parameter(torch.zeros(base.out_features, config.rank, **factory))
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.dropout = nn.Dropout(config.dropout)
         self.scale = config.scale
 

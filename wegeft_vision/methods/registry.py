@@ -10,7 +10,10 @@ import yaml
 
 from .base import MethodConfig
 from .bitfit import BitFitConfig
-from .lora import LoRAConfig
+from .fact import FacTTKConfig, FacTTTConfig
+from .genft import GenFTConfig
+from .hf_peft import PeftConfig
+from .lora import LoRAConfig, SharedLoRAConfig
 from .probe import FullFinetuneConfig, LinearProbeConfig
 from .vpt import VPTConfig
 from .wegeft import WeGeFTConfig
@@ -19,6 +22,8 @@ METHODS: dict[str, type[MethodConfig]] = {
     cls.method: cls
     for cls in (WeGeFTConfig, LoRAConfig, BitFitConfig, VPTConfig, LinearProbeConfig, FullFinetuneConfig)
 }
+# The methods compared with WeGeFT under the same recipe.
+METHODS.update({cls.method: cls for cls in (SharedLoRAConfig, GenFTConfig, FacTTTConfig, FacTTKConfig, PeftConfig)})
 
 
 def config_from_dict(data: dict[str, Any]) -> MethodConfig:

@@ -4,7 +4,8 @@ d_in form:  W_hat = W + (alpha / r) * W @ phi @ psi,      phi (d_in, r),  psi (r
 d_out form: W_hat = W + (alpha / r) * (phi @ psi).T @ W,  phi (d_out, r), psi (r, d_out)
 
 One (phi, psi) pair serves every targeted layer of the same shape (WeGeFT) or each layer owns one (WeGeFT-Sep).
-g is the identity by default. Three compute paths give the same output:
+g is the identity by default; the non-linear g of the ablations (`generators.py`) and GIFT v1's PaCa (`paca.py`) act
+on the N = d_out (d_in form) or d_in (d_out form) parameter tokens of width r. Three compute paths give the same output:
 - "activation" (identity g, no active dropout): d_in  x_hat = x + s (x psi^T) phi^T, y = x_hat W^T + b;
                                                d_out z = x W^T, y = z + s (z phi) psi + b.
   Only (tokens x r) work per layer, no d x d matrix: LoRA's cost.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import ClassVar, Literal
 
 import torch
@@ -24,13 +26,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import AdapterLinear, TargetedConfig, find_linear_targets, replace_module
+from .generators import BLOCKS, NORMS, GeneratorSpec
 from .input_side import input_side_linear
+from .paca import PACA_BLOCKS
 
 Variant = Literal["d_in", "d_out"]
 Compute = Literal["auto", "activation", "factored", "weight"]
 
-# g_theta acting on the (d_out, r) or (r, d_in) compressed weight; non-linear ones are ablations.
-GENERATORS: dict[str, type[nn.Module]] = {"identity": nn.Identity}
+# g_theta acting on the compressed weight as N tokens of width r; non-linear ones are ablations (Table 8) or GIFT v1.
+GENERATORS: dict[str, Callable[[GeneratorSpec], nn.Module]] = {**BLOCKS, **PACA_BLOCKS}
 
 
 @dataclasses.dataclass
@@ -44,7 +48,13 @@ class WeGeFTConfig(TargetedConfig):
         shared: one (phi, psi) per weight shape across layers; False gives WeGeFT-Sep (one pair per layer).
         dropout: dropout on W before f_phi (Eq. 13); needs the factored path while training.
         init: "psi_zero" (authors' code: psi zeros, phi Kaiming-uniform) or "phi_zero" (paper appendix D.6).
-        generator: name of g_theta in `GENERATORS`.
+        generator: name of g_theta in `GENERATORS`: identity, sigmoid, relu, gelu, mlp, transformer, mixer, paca,
+            paca_attn (one g_theta per (phi, psi) pair, i.e. shared like them).
+        generator_norm: the blocks' token norm: "l2" (authors' default), "ln" or "none".
+        generator_ratio: hidden width of the blocks' channel MLPs, as a multiple of r.
+        generator_heads: attention heads of the transformer and PaCa blocks.
+        num_clusters: M, the clusters of PaCa.
+        num_mixed_tokens: hidden width of the mixer's token-mixing MLP.
         compute: "auto" picks "activation" when it is exact, else "factored"; see the module docstring.
     """
 
@@ -58,6 +68,11 @@ class WeGeFTConfig(TargetedConfig):
     init: Literal["psi_zero", "phi_zero"] = "psi_zero"
     generator: str = "identity"
     compute: Compute = "auto"
+    generator_norm: str = "l2"
+    generator_ratio: float = 2.0
+    generator_heads: int = 1
+    num_clusters: int = 64
+    num_mixed_tokens: int = 64
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -69,6 +84,17 @@ class WeGeFTConfig(TargetedConfig):
             raise ValueError(f"wegeft: init must be 'psi_zero' or 'phi_zero', got {self.init!r}")
         if self.generator not in GENERATORS:
             raise ValueError(f"wegeft: unknown generator {self.generator!r}; known: {sorted(GENERATORS)}")
+        if self.generator_norm not in NORMS:
+            raise ValueError(f"wegeft: generator_norm must be one of {NORMS}, got {self.generator_norm!r}")
+        for name in ("generator_heads", "num_clusters", "num_mixed_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"wegeft: {name} must be a positive integer, got {value!r}")
+        if not self.generator_ratio > 0 or self.rank % self.generator_heads:
+            raise ValueError(
+                f"wegeft: generator_ratio must be positive ({self.generator_ratio!r}) and rank divisible by "
+                f"generator_heads ({self.rank} by {self.generator_heads})"
+            )
         if self.compute not in ("auto", "activation", "factored", "weight"):
             raise ValueError(f"wegeft: compute must be auto|activation|factored|weight, got {self.compute!r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -86,8 +112,12 @@ class WeGeFTConfig(TargetedConfig):
             shape = tuple(linear.weight.shape)
             generator = shared.get(shape) if self.shared else None
             if generator is None:
-                dim = linear.in_features if self.variant == "d_in" else linear.out_features
-                generator = WeGeFTGenerator(dim, self, device=linear.weight.device, dtype=linear.weight.dtype)
+                dim, tokens = linear.in_features, linear.out_features
+                if self.variant == "d_out":
+                    dim, tokens = tokens, dim
+                generator = WeGeFTGenerator(
+                    dim, self, tokens=tokens, device=linear.weight.device, dtype=linear.weight.dtype
+                )
                 shared[shape] = generator
             replace_module(model, name, WeGeFTLinear(linear, generator, self.compute))
 
@@ -95,13 +125,22 @@ class WeGeFTConfig(TargetedConfig):
 class WeGeFTGenerator(nn.Module):
     """The trainable part, phi (dim, r) and psi (r, dim), and the map from W to ΔW."""
 
-    def __init__(self, dim: int, config: WeGeFTConfig, device=None, dtype=None) -> None:
+    def __init__(self, dim: int, config: WeGeFTConfig, tokens: int | None = None, device=None, dtype=None) -> None:
         super().__init__()
         self.variant = config.variant
         self.scale = config.scale
         self.phi = nn.Parameter(torch.zeros(dim, config.rank, device=device, dtype=dtype))
         self.psi = nn.Parameter(torch.zeros(config.rank, dim, device=device, dtype=dtype))
-        self.g = GENERATORS[config.generator]()
+        spec = GeneratorSpec(
+            rank=config.rank,
+            tokens=dim if tokens is None else tokens,
+            norm=config.generator_norm,
+            ratio=config.generator_ratio,
+            heads=config.generator_heads,
+            clusters=config.num_clusters,
+            mixed_tokens=config.num_mixed_tokens,
+        )
+        self.g = GENERATORS[config.generator](spec).to(device=device, dtype=dtype)
         self.weight_dropout = nn.Dropout(config.dropout)
         # The transposes are nn.Linear(dim, r).weight and nn.Linear(r, dim).weight: use their default init.
         if config.init == "psi_zero":
@@ -118,8 +157,9 @@ class WeGeFTGenerator(nn.Module):
         """g(f_phi(W)): (d_out, r) for d_in, (r, d_in) for d_out."""
         if dropout:
             weight = self.weight_dropout(weight)
-        compressed = weight @ self.phi if self.variant == "d_in" else self.phi.T @ weight
-        return self.g(compressed)
+        if self.variant == "d_in":
+            return self.g(weight @ self.phi)  # (d_out, r): d_out tokens
+        return self.g((self.phi.T @ weight).T).T  # tokens are the d_in columns
 
     def delta_weight(self, weight: torch.Tensor, dropout: bool = True) -> torch.Tensor:
         """ΔW = f_psi(g(f_phi(W))), shape of W."""

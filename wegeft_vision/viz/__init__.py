@@ -1,5 +1,6 @@
-"""WeGeFT token-clustering heatmaps (C = W·φ), their rendering, and part-localization scores."""
+"""WeGeFT token-clustering heatmaps (C = W·φ), their rendering, part-localization scores, PaCa cluster pictures."""
 
+from .clusters import PaCaClusters, paca_clusters, save_cluster_figure, save_paca_clusters
 from .cub_parts import CubParts, PartLocation, read_cub_parts
 from .heatmaps import (
     cluster_head,
@@ -37,6 +38,7 @@ __all__ = [
     "KeypointTarget",
     "LocalizationTarget",
     "MaskTarget",
+    "PaCaClusters",
     "PartLocation",
     "PartScore",
     "best_clusters",
@@ -48,12 +50,15 @@ __all__ = [
     "normalize_maps",
     "overlay",
     "overlay_maps",
+    "paca_clusters",
     "permute_maps",
     "read_cub_parts",
     "rescale_points",
+    "save_cluster_figure",
     "save_cluster_mosaic",
     "save_heatmap_grid",
     "save_image",
+    "save_paca_clusters",
     "tile",
     "to_uint8_images",
     "upsample_maps",

@@ -1,0 +1,124 @@
+"""HuggingFace `peft` methods (optional extra, `pip install -e ".[peft]"`) behind this toolkit's method contract.
+
+`PeftConfig(kind="dora", options={...})` builds the `peft` config of that kind (`KINDS` maps our names to a peft type
+and its fixed options; any other peft type is reachable by its own name, e.g. kind="fourierft") and injects it in
+place with the method's tuner class, so methods with state shared by layers (VeRA, VB-LoRA) work as well; the head
+stays trainable (`inject`), the adapter file holds peft's trainable tensors under their module names, and `merge` /
+`unmerge` use peft's per-layer merge, with unmerge restoring the very pretrained tensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import warnings
+from typing import Any, ClassVar
+
+from torch import nn
+
+from .base import MethodConfig
+
+# our name -> (peft type, options fixed by the name, defaults for a ViT's attn.proj)
+KINDS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "lora": ("LORA", {}, {"r": 8}),
+    "dora": ("LORA", {"use_dora": True}, {"r": 8}),
+    "vera": ("VERA", {}, {"r": 256}),
+    "vblora": ("VBLORA", {}, {"r": 4, "vector_length": 256, "num_vectors": 90}),
+    "boft": ("BOFT", {}, {"boft_block_size": 4}),
+    "loha": ("LOHA", {}, {"r": 8}),
+    "lokr": ("LOKR", {}, {"r": 8}),
+    "ia3": ("IA3", {}, {"feedforward_modules": []}),
+}
+ADAPTER = "default"
+
+
+def peft_available() -> bool:
+    return importlib.util.find_spec("peft") is not None
+
+
+def _require_peft():
+    if not peft_available():
+        raise ValueError('method "peft" needs the HuggingFace peft library: pip install -e ".[peft]"')
+    import peft
+
+    return peft
+
+
+@dataclasses.dataclass
+class PeftConfig(MethodConfig):
+    """A `peft` method on the linear layers named by `targets`.
+
+    Args:
+        kind: a name in `KINDS` (lora, dora, vera, vblora, boft, loha, lokr, ia3) or any peft type (case-insensitive).
+        targets: module-name suffixes (peft's `target_modules`).
+        options: further arguments of the peft config (e.g. {"r": 16, "lora_alpha": 16}); they replace the defaults.
+    """
+
+    method: ClassVar[str] = "peft"
+
+    kind: str = "lora"
+    targets: tuple[str, ...] = ("attn.proj",)
+    options: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.targets, str):
+            self.targets = (self.targets,)
+        self.targets = tuple(self.targets)
+        if not self.targets:
+            raise ValueError("peft: targets must name at least one module")
+        if self.options is not None and not isinstance(self.options, dict):
+            raise ValueError(f"peft: options must be a mapping, got {self.options!r}")
+        self.kind = str(self.kind).lower()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "kind": self.kind, "targets": list(self.targets), "options": self.options}
+
+    def peft_config(self):
+        """The `peft` config object this config describes."""
+        peft = _require_peft()
+        from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+        peft_type, fixed, defaults = KINDS.get(self.kind, (self.kind.upper(), {}, {}))
+        if peft_type not in {str(t.value) for t in PEFT_TYPE_TO_CONFIG_MAPPING}:
+            known = sorted(set(KINDS) | {str(t.value).lower() for t in PEFT_TYPE_TO_CONFIG_MAPPING})
+            raise ValueError(f"peft: unknown kind {self.kind!r} (peft {peft.__version__}); known: {known}")
+        options = {**defaults, **(self.options or {}), **fixed, "target_modules": list(self.targets)}
+        try:
+            return PEFT_TYPE_TO_CONFIG_MAPPING[peft.PeftType(peft_type)](**options)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"peft: {self.kind} does not take options {options}: {err}") from err
+
+    def apply(self, model: nn.Module) -> None:
+        from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+
+        config = self.peft_config()
+        with warnings.catch_warnings():  # BOFT tries to build a CUDA extension and says so; its fallback is exact
+            warnings.filterwarnings("ignore", message="Failed to load the CUDA extension")
+            warnings.filterwarnings("ignore", message="Setting boft_n_butterfly_factor to 1")
+            PEFT_TYPE_TO_TUNER_MAPPING[config.peft_type](model, config, ADAPTER)  # injects in place
+
+    def merge_model(self, model: nn.Module) -> None:
+        for layer in _tuner_layers(model):
+            base = layer.get_base_layer()
+            if not layer.merged:
+                base._pretrained_weight = base.weight.data
+                base.weight.data = base.weight.data.clone()
+                layer.merge(adapter_names=[ADAPTER])
+
+    def unmerge_model(self, model: nn.Module) -> None:
+        for layer in _tuner_layers(model):
+            base = layer.get_base_layer()
+            if layer.merged:
+                layer.unmerge()
+                base.weight.data = base.__dict__.pop("_pretrained_weight")  # bit-identical, not W + ΔW - ΔW
+
+
+def _tuner_layers(model: nn.Module) -> list:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+
+
+def default_configs() -> list[tuple[str, PeftConfig]]:
+    """A row per `KINDS` entry for `wegeft-vision params` when peft is installed, else none."""
+    return [(f"peft:{kind}", PeftConfig(kind=kind)) for kind in KINDS] if peft_available() else []
