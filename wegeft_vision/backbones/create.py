@@ -105,6 +105,35 @@ def create_backbone(
     return model
 
 
+class UnsafePickle(ValueError):
+    """A PyTorch file whose pickle asks for objects beyond tensors, containers, numbers and `SAFE_GLOBALS`."""
+
+
+class UnreadableFile(ValueError):
+    """A file the PyTorch reader cannot read (damaged, or another format)."""
+
+
+def safe_torch_load(path: str | Path) -> Any:
+    """`torch.load(weights_only=True)` on the CPU with `SAFE_GLOBALS` allowed: nothing stored in the file runs.
+
+    Raises:
+        UnsafePickle: the pickle asks for another object (its message: which one).
+        UnreadableFile: the file does not read (its message: the reader's first line).
+    """
+    try:
+        allowed = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5; before, tensors only
+        with warnings.catch_warnings(), allowed(list(SAFE_GLOBALS)) if allowed else contextlib.nullcontext():
+            warnings.simplefilter("ignore")  # e.g. the pickle protocol of a file written by pickle, not torch.save
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"WeightsUnpickler error: ([^\n]*?)(?: Please use|\n|$)", str(err))
+        raise UnsafePickle(
+            found.group(1).strip() if found and found.group(1).strip() else "objects other than tensors"
+        ) from err
+    except Exception as err:  # whatever a damaged or foreign file makes the reader raise
+        raise UnreadableFile(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__) from err
+
+
 def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict in a local weights file, read without running anything stored in it.
 
@@ -124,20 +153,14 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError) as err:
             raise ValueError(f"weights file {path} is not a readable safetensors file: {err}") from err
     try:
-        allowed = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5; before, tensors only
-        with warnings.catch_warnings(), allowed(list(SAFE_GLOBALS)) if allowed else contextlib.nullcontext():
-            warnings.simplefilter("ignore")  # e.g. the pickle protocol of a file written by pickle, not torch.save
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"WeightsUnpickler error: ([^\n]*?)(?: Please use|\n|$)", str(err))
-        detail = found.group(1).strip() if found and found.group(1).strip() else "objects other than tensors"
+        data = safe_torch_load(path)
+    except UnsafePickle as err:
         raise ValueError(
-            f"weights file {path} is refused: it is a pickle that asks for more than tensors ({detail}); "
+            f"weights file {path} is refused: it is a pickle that asks for more than tensors ({err}); "
             "give a .safetensors file or a PyTorch state dict"
         ) from err
-    except Exception as err:  # whatever a damaged or foreign file makes the reader raise
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"weights file {path} is neither safetensors nor a readable PyTorch file: {first}") from err
+    except UnreadableFile as err:
+        raise ValueError(f"weights file {path} is neither safetensors nor a readable PyTorch file: {err}") from err
     if isinstance(data, dict):
         data = next((data[k] for k in _CHECKPOINT_KEYS if isinstance(data.get(k), dict)), data)
     if not isinstance(data, dict) or not data:

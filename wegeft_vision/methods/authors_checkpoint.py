@@ -28,12 +28,8 @@ other object is refused before it runs anything.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import math
-import pickle
-import re
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -120,25 +116,19 @@ class _Faults:
 
 def _load(path: Path) -> Any:
     """The unpickled checkpoint: tensors, containers, numbers and `argparse.Namespace` only."""
-    from ..backbones.create import SAFE_GLOBALS
+    from ..backbones.create import UnreadableFile, UnsafePickle, safe_torch_load
 
     if not path.is_file():
         raise FileNotFoundError(f"authors' checkpoint {path} does not exist")
-    allowed = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5; before, tensors only
     try:
-        with warnings.catch_warnings(), allowed(list(SAFE_GLOBALS)) if allowed else contextlib.nullcontext():
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"WeightsUnpickler error: ([^\n]*?)(?: Please use|\n|$)", str(err))
-        detail = found.group(1).strip() if found and found.group(1).strip() else "objects other than tensors"
+        return safe_torch_load(path)
+    except UnsafePickle as err:
         raise ValueError(
             f"authors' checkpoint {path} is refused: it is a pickle that asks for more than tensors and "
-            f"argparse.Namespace ({detail})"
+            f"argparse.Namespace ({err})"
         ) from err
-    except Exception as err:  # whatever a damaged or foreign file makes the reader raise
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"authors' checkpoint {path} is not a readable PyTorch checkpoint: {first}") from err
+    except UnreadableFile as err:
+        raise ValueError(f"authors' checkpoint {path} is not a readable PyTorch checkpoint: {err}") from err
 
 
 def plain(value: Any) -> Any:
