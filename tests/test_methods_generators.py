@@ -5,6 +5,7 @@ written out by hand, compute paths, parameter counts (tiny ViT and the paper's V
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from pathlib import Path
 
@@ -88,12 +89,12 @@ def reference_deltas(name: str, heads: int):
         for layer_name, layer in model.named_modules():
             if not isinstance(layer, WeGeFTLinear):
                 continue
-            gen, w = layer.generator, layer.base.weight.detach()
+            gen, g, w = layer.generator, layer.g_theta, layer.base.weight.detach()
             phi, psi = gen.phi.detach(), gen.psi.detach()
             if gen.variant == "d_in":
-                delta = reference_g(name, gen.g, w @ phi, heads) @ psi
+                delta = reference_g(name, g, w @ phi, heads) @ psi
             else:
-                delta = psi.T @ reference_g(name, gen.g, (phi.T @ w).T, heads).T
+                delta = psi.T @ reference_g(name, g, (phi.T @ w).T, heads).T
             deltas[layer_name] = gen.scale * delta
         return deltas
 
@@ -104,8 +105,10 @@ def mlp_count(d: int, h: int) -> int:
     return 2 * d * h + h + d
 
 
-def expected_count(name: str, r: int, dim: int, tokens: int, clusters: int = 64, mixed: int = 64) -> int:
-    """phi and psi (shared by the layers of one shape) plus one g_theta for them."""
+def expected_count(
+    name: str, r: int, dim: int, tokens: int, clusters: int = 64, mixed: int = 64, g_copies: int = 1
+) -> int:
+    """phi and psi (shared by the layers of one shape) plus `g_copies` g_theta (one shared, or one per layer)."""
     channel = mlp_count(r, 2 * r)
     paca_attn = 3 * (r * r + r) + (r * clusters + clusters) + (r * r + r)
     extra = {
@@ -115,7 +118,7 @@ def expected_count(name: str, r: int, dim: int, tokens: int, clusters: int = 64,
         "paca": paca_attn + channel,
         "paca_attn": paca_attn,
     }.get(name, 0)
-    return 2 * dim * r + extra
+    return 2 * dim * r + g_copies * extra
 
 
 # ------------------------------------------------------------------ tests
@@ -128,6 +131,26 @@ def test_contract_and_delta_weight_match_the_formula(name, tmp_path):
         config, tmp_path, expected_count(name, RANK, DIM, DIM), reference_deltas(name, HEADS), zero_init=True
     )
     assert not isinstance(model.blocks[0].attn.proj.generator.g, nn.Identity)
+
+
+@pytest.mark.parametrize("name", ["mlp", "mixer", "paca"])
+def test_one_g_per_layer_with_shared_phi_psi(name, tmp_path):
+    """generator_per_layer: the authors' fused-qkv arrangement, (phi, psi) shared by the 3 layers, g_theta per layer."""
+    config = WeGeFTConfig(rank=RANK, generator=name, generator_heads=HEADS, generator_per_layer=True)
+    count = expected_count(name, RANK, DIM, DIM, g_copies=3)
+    model = check_contract(config, tmp_path, count, reference_deltas(name, HEADS))
+    layers = [block.attn.proj for block in model.blocks]
+    assert len({id(layer.generator) for layer in layers}) == 1 and layers[0].generator.g is None
+    assert len({id(layer.g_theta) for layer in layers}) == 3
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    auto = model(x)
+    for layer in layers:
+        layer.compute = "weight"
+    torch.testing.assert_close(model(x), auto, rtol=1e-10, atol=1e-10)
+    sep = WeGeFTConfig(rank=RANK, generator=name, shared=False, generator_per_layer=True)
+    assert count_trainable(inject(make_tiny_vit(), sep)) == 3 * expected_count(name, RANK, DIM, DIM)
+    with pytest.raises(ValueError, match="generator_per_layer must be true or false, got 'yes'"):
+        WeGeFTConfig(generator=name, generator_per_layer="yes")
 
 
 @pytest.mark.parametrize("name", ["sigmoid", "mixer", "paca"])
@@ -181,6 +204,24 @@ def test_table_8_counts_on_vit_b16():
     assert counts["transformer"] == 26_736  # 0.027M
     assert counts["mixer"] == 124_784  # 0.125M
     assert counts["paca"] == 27_824 and counts["paca_attn"] == 26_752
+    # the closest arrangement of the authors' code to the table's MLP row: one MLP per layer, (phi, psi) shared
+    per_layer = count_trainable(inject(copy.deepcopy(base), WeGeFTConfig(generator="mlp", generator_per_layer=True)))
+    assert per_layer == expected_count("mlp", 16, 768, 768, g_copies=12) == 37_440
+    # the README's claim: no sharing, norm or MLP ratio of the authors' switches (plus our LayerNorm) rounds to 0.036M
+    mlp_config = functools.partial(WeGeFTConfig, generator="mlp")
+    arrangements = {
+        (per_layer, norm, ratio): count_trainable(
+            inject(
+                copy.deepcopy(base),
+                mlp_config(generator_per_layer=per_layer, generator_norm=norm, generator_ratio=ratio),
+            )
+        )
+        for per_layer in (False, True)
+        for norm in ("l2", "ln", "none")
+        for ratio in (1.0, 2.0, 4.0)
+    }
+    assert not [a for a, c in arrangements.items() if round(c / 1e6, 3) == 0.036]
+    assert min(arrangements, key=lambda a: abs(arrangements[a] - 36_000)) == (True, "l2", 2.0)
     assert {name: round(c / 1e6, 3) for name, c in counts.items() if name in ("identity", "transformer", "mixer")} == {
         "identity": 0.025,
         "transformer": 0.027,
@@ -192,6 +233,11 @@ def test_table_8_counts_on_vit_b16():
 def test_presets_load(name):
     config = config_from_yaml(f"configs/method/wegeft_{name}.yaml")
     assert config == WeGeFTConfig(generator=name)
+
+
+def test_per_layer_mlp_preset_loads():
+    config = config_from_yaml("configs/method/wegeft_mlp_per_layer.yaml")
+    assert config == WeGeFTConfig(generator="mlp", generator_per_layer=True)
 
 
 def test_norm_options_and_config_errors(tiny_vit, images):
@@ -286,3 +332,4 @@ def test_params_command_lists_every_variant():
     labels |= {"paca": "GIFT-PaCa", "paca_attn": "GIFT-PaCa-attn"}
     for name, label in labels.items():
         assert rows[label] == WeGeFTConfig(generator=name)
+    assert rows["WeGeFT-MLP (one per layer)"] == WeGeFTConfig(generator="mlp", generator_per_layer=True)

@@ -5,6 +5,7 @@ through `wegeft-vision visualize --clusters`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -74,6 +75,16 @@ def test_paca_clusters_per_layer():
     assert sorted(clusters.order.tolist()) == list(range(32))
     dominant = clusters.assignment.argmax(0)[clusters.order]
     assert (np.diff(dominant) >= 0).all()  # rows grouped by their dominant cluster
+
+
+def test_paca_clusters_of_per_layer_blocks_are_each_layers_own():
+    config = dataclasses.replace(PACA, generator_per_layer=True)
+    model = inject(timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=3, **TINY), config)
+    with torch.no_grad():
+        model.blocks[1].attn.proj.g.attn.cluster.bias.fill_(20.0)  # only layer 1's own assignment moves
+    found = paca_clusters(model)
+    assert found["blocks.1.attn.proj"].assignment.min() > 0.99
+    assert found["blocks.0.attn.proj"].assignment.max() < 0.99
 
 
 @pytest.fixture(scope="module")

@@ -61,7 +61,7 @@ def test_batch_32_schedule_seed_and_numerics(plans, benchmark):
         assert (run["schedule_epochs"], run["warmup_epochs"]) == (100, 10)
         assert run["seed"] == 42
         assert run["precision"] == "32-true (fp32 matmuls: high)"  # fp32 with allow_tf32 = True
-        assert run["no_weight_decay"].startswith("1-D tensors and biases")
+        assert run["no_weight_decay"].startswith("1-D tensors, biases and PaCa")
         assert run["drop_path"] == 0.1
 
 
@@ -150,6 +150,7 @@ def test_selection_by_best_or_last():
         ("bitfit.yaml", "every bias"),
         ("wegeft_r16.yaml", "the head's bias"),
         ("full.yaml", "norms and biases"),
+        ("wegeft_paca.yaml", "the cluster map"),
     ],
 )
 def test_weight_decay_groups_exempt_1d_tensors_and_biases(method, no_decay):
@@ -167,11 +168,14 @@ def test_weight_decay_groups_exempt_1d_tensors_and_biases(method, no_decay):
     groups = {g["weight_decay"]: g["names"] for g in module(True).parameter_groups()}
     decayed, exempt = groups.get(0.05, []), groups.get(0.0, [])
     params = dict(module(True).network.named_parameters())
-    assert exempt and all(params[n].ndim <= 1 or n.endswith(".bias") for n in exempt)
-    assert all(params[n].ndim > 1 and not n.endswith(".bias") for n in decayed)
+    cluster = ".attn.cluster."  # PaCa's assignment map: no decay in the authors' filter ("cluster" in the name)
+    assert exempt and all(params[n].ndim <= 1 or n.endswith(".bias") or cluster in n for n in exempt)
+    assert all(params[n].ndim > 1 and not n.endswith(".bias") and cluster not in n for n in decayed)
     assert "head.bias" in exempt and ("head.weight" in decayed)
     if no_decay == "norms and biases":
         assert any(".norm1.weight" in n for n in exempt)
+    if no_decay == "the cluster map":
+        assert any(n.endswith(".attn.cluster.weight") for n in exempt) and any(".attn.q.weight" in n for n in decayed)
     assert [g["weight_decay"] for g in module(False).parameter_groups()] == [0.05]  # one group, decay on every tensor
 
 

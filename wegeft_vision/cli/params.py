@@ -36,6 +36,7 @@ ROWS: list[tuple[str, MethodConfig]] = [
     ("WeGeFT-ReLU", WeGeFTConfig(generator="relu")),
     ("WeGeFT-GELU", WeGeFTConfig(generator="gelu")),
     ("WeGeFT-MLP", WeGeFTConfig(generator="mlp")),
+    ("WeGeFT-MLP (one per layer)", WeGeFTConfig(generator="mlp", generator_per_layer=True)),
     ("WeGeFT-Transformer", WeGeFTConfig(generator="transformer")),
     ("WeGeFT-MLP-Mixer", WeGeFTConfig(generator="mixer")),
     ("GIFT-PaCa", WeGeFTConfig(generator="paca")),
@@ -82,10 +83,12 @@ def parameter_table(model_name: str, num_classes: int = 100) -> list[dict]:
 def run(args: argparse.Namespace) -> int:
     rows = parameter_table(args.model, args.num_classes)
     print(f"Trainable parameters on {args.model} (head excluded, random weights)")
-    print(f"{'method':<18} {'params':>12} {'(M)':>9} {'% backbone':>11}")
+    width = max(len(row["method"]) for row in rows)
+    print(f"{'method':<{width}} {'params':>12} {'(M)':>9} {'% backbone':>11}")
     for row in rows:
         print(
-            f"{row['method']:<18} {row['trainable']:>12,} {row['millions']:>8.3f}M {row['percent_of_backbone']:>10.3f}%"
+            f"{row['method']:<{width}} {row['trainable']:>12,} {row['millions']:>8.3f}M "
+            f"{row['percent_of_backbone']:>10.3f}%"
         )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

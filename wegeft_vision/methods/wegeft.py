@@ -50,6 +50,9 @@ class WeGeFTConfig(TargetedConfig):
         init: "psi_zero" (authors' code: psi zeros, phi Kaiming-uniform) or "phi_zero" (paper appendix D.6).
         generator: name of g_theta in `GENERATORS`: identity, sigmoid, relu, gelu, mlp, transformer, mixer, paca,
             paca_attn (one g_theta per (phi, psi) pair, i.e. shared like them).
+        generator_per_layer: one g_theta per targeted layer while (phi, psi) stay shared, as the authors' code builds
+            the hypernets of a fused qkv target (`_init_gift_for_merged_modules`); their single-module path, the
+            default here, shares one.
         generator_norm: the blocks' token norm: "l2" (authors' default), "ln" or "none".
         generator_ratio: hidden width of the blocks' channel MLPs, as a multiple of r.
         generator_heads: attention heads of the transformer and PaCa blocks.
@@ -67,6 +70,7 @@ class WeGeFTConfig(TargetedConfig):
     dropout: float = 0.0
     init: Literal["psi_zero", "phi_zero"] = "psi_zero"
     generator: str = "identity"
+    generator_per_layer: bool = False
     compute: Compute = "auto"
     generator_norm: str = "l2"
     generator_ratio: float = 2.0
@@ -95,6 +99,8 @@ class WeGeFTConfig(TargetedConfig):
                 f"wegeft: generator_ratio must be positive ({self.generator_ratio!r}) and rank divisible by "
                 f"generator_heads ({self.rank} by {self.generator_heads})"
             )
+        if not isinstance(self.generator_per_layer, bool):
+            raise ValueError(f"wegeft: generator_per_layer must be true or false, got {self.generator_per_layer!r}")
         if self.compute not in ("auto", "activation", "factored", "weight"):
             raise ValueError(f"wegeft: compute must be auto|activation|factored|weight, got {self.compute!r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -108,39 +114,56 @@ class WeGeFTConfig(TargetedConfig):
 
     def apply(self, model: nn.Module) -> None:
         shared: dict[tuple[int, int], WeGeFTGenerator] = {}
+        own_g = self.generator_per_layer and self.shared
         for name, linear in find_linear_targets(model, self.targets, self.layers):
             shape = tuple(linear.weight.shape)
+            dim, tokens = linear.in_features, linear.out_features
+            if self.variant == "d_out":
+                dim, tokens = tokens, dim
+            where = dict(device=linear.weight.device, dtype=linear.weight.dtype)
             generator = shared.get(shape) if self.shared else None
             if generator is None:
-                dim, tokens = linear.in_features, linear.out_features
-                if self.variant == "d_out":
-                    dim, tokens = tokens, dim
-                generator = WeGeFTGenerator(
-                    dim, self, tokens=tokens, device=linear.weight.device, dtype=linear.weight.dtype
-                )
+                generator = WeGeFTGenerator(dim, self, tokens=tokens, with_g=not own_g, **where)
                 shared[shape] = generator
-            replace_module(model, name, WeGeFTLinear(linear, generator, self.compute))
+            g = build_g(self, tokens, **where) if own_g else None
+            replace_module(model, name, WeGeFTLinear(linear, generator, self.compute, g=g))
+
+
+def build_g(config: WeGeFTConfig, tokens: int, device=None, dtype=None) -> nn.Module:
+    """The g_theta named by `config.generator`, for `tokens` parameter tokens of width r."""
+    spec = GeneratorSpec(
+        rank=config.rank,
+        tokens=tokens,
+        norm=config.generator_norm,
+        ratio=config.generator_ratio,
+        heads=config.generator_heads,
+        clusters=config.num_clusters,
+        mixed_tokens=config.num_mixed_tokens,
+    )
+    return GENERATORS[config.generator](spec).to(device=device, dtype=dtype)
 
 
 class WeGeFTGenerator(nn.Module):
-    """The trainable part, phi (dim, r) and psi (r, dim), and the map from W to ΔW."""
+    """The trainable part, phi (dim, r) and psi (r, dim), and the map from W to ΔW.
 
-    def __init__(self, dim: int, config: WeGeFTConfig, tokens: int | None = None, device=None, dtype=None) -> None:
+    It owns the g_theta it applies unless built `with_g=False` (`generator_per_layer`): each layer then passes its own.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        config: WeGeFTConfig,
+        tokens: int | None = None,
+        device=None,
+        dtype=None,
+        with_g: bool = True,
+    ) -> None:
         super().__init__()
         self.variant = config.variant
         self.scale = config.scale
         self.phi = nn.Parameter(torch.zeros(dim, config.rank, device=device, dtype=dtype))
         self.psi = nn.Parameter(torch.zeros(config.rank, dim, device=device, dtype=dtype))
-        spec = GeneratorSpec(
-            rank=config.rank,
-            tokens=dim if tokens is None else tokens,
-            norm=config.generator_norm,
-            ratio=config.generator_ratio,
-            heads=config.generator_heads,
-            clusters=config.num_clusters,
-            mixed_tokens=config.num_mixed_tokens,
-        )
-        self.g = GENERATORS[config.generator](spec).to(device=device, dtype=dtype)
+        self.g = build_g(config, dim if tokens is None else tokens, device, dtype) if with_g else None
         self.weight_dropout = nn.Dropout(config.dropout)
         # The transposes are nn.Linear(dim, r).weight and nn.Linear(r, dim).weight: use their default init.
         if config.init == "psi_zero":
@@ -148,22 +171,23 @@ class WeGeFTGenerator(nn.Module):
         else:
             nn.init.kaiming_uniform_(self.psi.data.T, a=math.sqrt(5))
 
-    @property
-    def exact_in_activation_space(self) -> bool:
+    def exact_in_activation_space(self, g: nn.Module | None = None) -> bool:
+        """Whether ΔW is linear in W right now (identity g, no active dropout), so x·ΔWᵀ needs no d × d work."""
         dropout_active = self.training and self.weight_dropout.p > 0
-        return isinstance(self.g, nn.Identity) and not dropout_active
+        return isinstance(self.g if g is None else g, nn.Identity) and not dropout_active
 
-    def compressed_weight(self, weight: torch.Tensor, dropout: bool = True) -> torch.Tensor:
-        """g(f_phi(W)): (d_out, r) for d_in, (r, d_in) for d_out."""
+    def compressed_weight(self, weight: torch.Tensor, dropout: bool = True, g: nn.Module | None = None) -> torch.Tensor:
+        """g(f_phi(W)): (d_out, r) for d_in, (r, d_in) for d_out; `g` is a layer's own g_theta, else the shared one."""
+        g = self.g if g is None else g
         if dropout:
             weight = self.weight_dropout(weight)
         if self.variant == "d_in":
-            return self.g(weight @ self.phi)  # (d_out, r): d_out tokens
-        return self.g((self.phi.T @ weight).T).T  # tokens are the d_in columns
+            return g(weight @ self.phi)  # (d_out, r): d_out tokens
+        return g((self.phi.T @ weight).T).T  # tokens are the d_in columns
 
-    def delta_weight(self, weight: torch.Tensor, dropout: bool = True) -> torch.Tensor:
+    def delta_weight(self, weight: torch.Tensor, dropout: bool = True, g: nn.Module | None = None) -> torch.Tensor:
         """ΔW = f_psi(g(f_phi(W))), shape of W."""
-        compressed = self.compressed_weight(weight, dropout)
+        compressed = self.compressed_weight(weight, dropout, g)
         delta = compressed @ self.psi if self.variant == "d_in" else self.psi.T @ compressed
         return self.scale * delta
 
@@ -172,25 +196,34 @@ class WeGeFTGenerator(nn.Module):
 
 
 class WeGeFTLinear(AdapterLinear):
-    """A frozen linear layer whose weight is generated as W + ΔW(W) by a (possibly shared) `WeGeFTGenerator`."""
+    """A frozen linear layer whose weight is generated as W + ΔW(W) by a (possibly shared) `WeGeFTGenerator`, with
+    the layer's own g_theta `g` (`generator_per_layer`) or, when it is None, the generator's."""
 
-    def __init__(self, base: nn.Linear, generator: WeGeFTGenerator, compute: Compute = "auto") -> None:
+    def __init__(
+        self, base: nn.Linear, generator: WeGeFTGenerator, compute: Compute = "auto", g: nn.Module | None = None
+    ) -> None:
         super().__init__(base)
         self.generator = generator
         self.compute = compute
+        self.g = g
+
+    @property
+    def g_theta(self) -> nn.Module:
+        """The g_theta this layer applies."""
+        return self.generator.g if self.g is None else self.g
 
     def delta_weight(self) -> torch.Tensor:
-        return self.generator.delta_weight(self.weight, dropout=False)
+        return self.generator.delta_weight(self.weight, dropout=False, g=self.g)
 
     def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
         path = self.compute
         if path == "auto":
-            path = "activation" if self.generator.exact_in_activation_space else "factored"
+            path = "activation" if self.generator.exact_in_activation_space(self.g) else "factored"
         if path == "activation":
             return self._activation_forward(x)
         if path == "factored":
             return self._factored_forward(x)
-        weight = self.base.weight + self.generator.delta_weight(self.base.weight)
+        weight = self.base.weight + self.generator.delta_weight(self.base.weight, g=self.g)
         return F.linear(x, weight, self.base.bias)
 
     def _activation_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -203,7 +236,7 @@ class WeGeFTLinear(AdapterLinear):
 
     def _factored_forward(self, x: torch.Tensor) -> torch.Tensor:
         gen = self.generator
-        compressed = gen.compressed_weight(self.base.weight)
+        compressed = gen.compressed_weight(self.base.weight, g=self.g)
         if gen.variant == "d_in":
             update = F.linear(F.linear(x, gen.psi), compressed)  # (..., r) -> (..., d_out)
         else:

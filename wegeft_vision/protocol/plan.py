@@ -19,7 +19,7 @@ from ..methods import config_from_spec
 from .runner import Protocol, Unit
 from .runs import _arguments
 
-NO_DECAY_RULE = "1-D tensors and biases (ndim <= 1 or name ends with .bias)"
+NO_DECAY_RULE = "1-D tensors, biases and PaCa's cluster map (ndim <= 1, name ends with .bias, or a cluster module)"
 
 
 def _split_sizes(unit: Unit, layout: str) -> dict[str, int]:

@@ -52,7 +52,8 @@ class ClassificationModule(L.LightningModule):
         lr: peak learning rate.
         weight_decay: AdamW weight decay.
         no_decay_1d_and_bias: no weight decay on 1-D tensors and biases (BitFit's parameters, the head's bias, norms
-            under full fine-tuning), as the authors' `param_groups_weight_decay_filter`; else decay on every tensor.
+            under full fine-tuning) nor on PaCa's cluster assignment map (a `cluster` module), as the authors'
+            `param_groups_weight_decay_filter`; else decay on every tensor.
         epochs: length of the cosine schedule (a search run stops earlier on the same schedule).
         warmup_epochs: linear warmup from `warmup_lr` to `lr`.
         warmup_lr: learning rate at the first epoch.
@@ -139,12 +140,14 @@ class ClassificationModule(L.LightningModule):
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """The optimizer's groups: every trainable tensor with the weight decay, or (`no_decay_1d_and_bias`) the 1-D
-        tensors and biases in a group of their own without it. Each group names its tensors (`names`)."""
+        tensors, biases and PaCa's cluster map in a group of their own without it. Each group names its tensors
+        (`names`)."""
         params = trainable_parameters(self.network)
         exempt = {
             name
             for name, p in params.items()
-            if self.hparams.no_decay_1d_and_bias and (p.ndim <= 1 or name.endswith(".bias"))
+            if self.hparams.no_decay_1d_and_bias
+            and (p.ndim <= 1 or name.endswith(".bias") or "cluster" in name.split("."))
         }
         groups = [
             {"names": [n for n in params if n not in exempt], "weight_decay": self.hparams.weight_decay},

@@ -34,7 +34,7 @@ class PaCaClusters:
 
 
 def _paca(layer: WeGeFTLinear) -> PaCaAttention | None:
-    found = [m for m in layer.generator.g.modules() if isinstance(m, PaCaAttention)]
+    found = [m for m in layer.g_theta.modules() if isinstance(m, PaCaAttention)]
     return found[0] if found else None
 
 
@@ -49,7 +49,7 @@ def paca_clusters(model: nn.Module) -> dict[str, PaCaClusters]:
         attn.record = True
         try:
             with torch.no_grad():
-                layer.generator.compressed_weight(layer.weight, dropout=False)
+                layer.generator.compressed_weight(layer.weight, dropout=False, g=layer.g)
         finally:
             attn.record = False
         assignment = (attn.last_assignment * attn.last_assignment.shape[-1]).float().cpu().numpy()  # (M, N)
