@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import clone, make_tiny_vit, randomize_trainable
+from method_contract import HEAD
 
 pytest.importorskip("peft")
 
@@ -21,7 +22,6 @@ from wegeft_vision.methods import (  # noqa: E402
     unmerge,
 )
 
-HEAD = {"head.weight", "head.bias"}
 # small options so that every kind fits the tiny ViT's 32-wide attn.proj
 KINDS = {
     "lora": {"r": 2},
