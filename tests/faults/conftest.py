@@ -4,7 +4,8 @@ The server is Debian's `postgresql` package (`.ci/run` installs it when missing)
 `/usr/lib/postgresql/*/bin`, run as an unprivileged user when the tests run as root (PostgreSQL refuses root), with
 trust authentication on a socket in a fresh temporary folder and no TCP port. `WEGEFT_TEST_POSTGRES_URL` points the
 tests at a server of one's own instead (`postgresql+psycopg://USER@/DB?host=SOCKETDIR`; each test creates a database
-in it). Where no server can start, the tests that need one skip and say why.
+in it). Where no server can start, the tests that need one skip and say why. `study_storage_url` runs a test on each
+kind of study storage in turn: SQLite, the journal file, PostgreSQL.
 """
 
 from __future__ import annotations
@@ -123,3 +124,14 @@ def postgres_url(postgres_server: str) -> str:
     with psycopg.connect(**{k: v for k, v in connection.items() if v}, autocommit=True) as db:
         db.execute(f'CREATE DATABASE "{name}"')
     return admin.set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(params=["sqlite", "journal", "postgresql"])
+def study_storage_url(request, tmp_path) -> str | None:
+    """The `--storage` of each kind of study storage: None (SQLite in OUT), a journal file, a PostgreSQL database."""
+    if request.param == "sqlite":
+        return None
+    if request.param == "journal":
+        (tmp_path / "shared").mkdir()
+        return f"journal:{tmp_path / 'shared' / 'studies.log'}"
+    return request.getfixturevalue("postgres_url")

@@ -49,12 +49,12 @@ def start(out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([*command, *extra], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
 
-def kill_when(process: subprocess.Popen, ready, timeout: float = 180) -> None:
+def kill_when(process: subprocess.Popen, ready, timeout: float = 180, sig: int = signal.SIGKILL) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None and not ready():
         time.sleep(0.02)
     assert process.poll() is None, "the protocol finished before it could be killed"
-    process.send_signal(signal.SIGKILL)
+    process.send_signal(sig)
     process.wait()
 
 

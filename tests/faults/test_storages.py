@@ -4,7 +4,6 @@ before it recorded anything, does not stall the others; dead workers are release
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -12,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-import warnings
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -23,6 +21,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from wegeft_vision.protocol.results import row_key
 from wegeft_vision.protocol.search import GridStudy, open_storage
+
+from .test_protocol_faults import rows_of
 
 # one task, one method: a 2 x 2 grid and one final; a heartbeat whose grace (3 x 300 s) no test may wait for
 OPTIONS = ["--config", "smoke", "--no-progress", "--poll", "0.5", "--heartbeat", "300"]
@@ -43,7 +43,8 @@ def _command(*args: str) -> list[str]:
     return [sys.executable, "-m", "wegeft_vision.cli", *args]
 
 
-def _search_trials(storage: BaseStorage) -> list[FrozenTrial]:
+def search_trials(storage: BaseStorage) -> list[FrozenTrial]:
+    """The trials of the one search study in `storage`."""
     studies = [s for s in storage.get_all_studies() if "/search@" in s.study_name]
     assert len(studies) <= 1
     return storage.get_all_trials(studies[0]._study_id) if studies else []
@@ -57,11 +58,6 @@ def _point(trial: FrozenTrial) -> tuple[float, float]:
 def _run_dir(out: Path, trial: FrozenTrial) -> Path:
     lr, wd = _point(trial)
     return out / "runs" / "vtab-1k" / "synthetic_shape" / "linear" / "seed0" / "search" / f"lr{lr:g}_wd{wd:g}"
-
-
-def _rows(out: Path) -> list[dict[str, str]]:
-    with (out / "results.csv").open(newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 CLAIM_AND_DIE = """
@@ -79,7 +75,7 @@ def _kill_a_worker_mid_run(out: Path, storage: BaseStorage, workers: list[subpro
     pid, the time."""
     deadline = time.monotonic() + STALL
     while all(w.poll() is None for w in workers) and time.monotonic() < deadline:
-        for trial in _search_trials(storage):
+        for trial in search_trials(storage):
             worker = trial.system_attrs.get("worker") or trial.user_attrs.get("worker")
             if trial.state == TrialState.RUNNING and worker and len(trial.params) == 2:
                 if (_run_dir(out, trial) / "checkpoints" / "last.ckpt").is_file():
@@ -98,7 +94,7 @@ def test_workers_killed_after_claiming_and_mid_run_leave_the_grid_trained_once(s
     claimer = subprocess.run([sys.executable, "-c", CLAIM_AND_DIE, *options], capture_output=True, timeout=STALL)
     assert claimer.returncode == -signal.SIGKILL, claimer.stderr.decode()[-2000:]
     storage = open_storage(storage_url, out)
-    (claimed,) = _search_trials(storage)
+    (claimed,) = search_trials(storage)
     assert claimed.state == TrialState.RUNNING and not claimed.params and not claimed.user_attrs
 
     # two workers on the study (as on two machines, one CPU thread each); one of them killed in the middle of a run
@@ -115,13 +111,13 @@ def test_workers_killed_after_claiming_and_mid_run_leave_the_grid_trained_once(s
             worker.kill()
             worker.wait()
 
-    trials = _search_trials(storage)
+    trials = search_trials(storage)
     trained = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(trained) == len({_point(t) for t in trained}) == GRID
     assert sorted(t.number for t in trials if t.state == TrialState.FAIL) == [claimed.number, dead]
     assert all("duplicate_of" in t.user_attrs for t in trials if t.state == TrialState.PRUNED)
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    rows = _rows(out)
+    rows = rows_of(out)
     assert sorted(r["stage"] for r in rows) == ["final"] + ["search"] * GRID
     assert len({row_key(r) for r in rows}) == len(rows)
     for trial in trained:  # one finished run folder per point
@@ -174,21 +170,6 @@ def test_the_journal_releases_a_worker_on_another_host_whose_heartbeat_stopped(t
     assert storage.get_trial(silent).state == TrialState.FAIL
     waiting = [t for t in study.trials() if t.state == TrialState.WAITING]
     assert len(waiting) == 1 and waiting[0].user_attrs == {"retry": True}
-
-
-@pytest.mark.parametrize("kind", ["sqlite", "journal"])
-def test_every_claimed_trial_names_its_worker_from_its_first_write(tmp_path, kind):
-    storage = open_storage(None if kind == "sqlite" else f"journal:{tmp_path / 'studies.log'}", tmp_path)
-    study = GridStudy(storage, "study", POINTS)
-    with warnings.catch_warnings():  # Optuna notes that heartbeats are for `optimize`
-        warnings.simplefilter("ignore")
-        trial = study.study.ask()  # what `optimize` does before the objective runs
-        study.study.enqueue_trial({"lr": POINTS[1][0], "weight_decay": POINTS[1][1]})
-        popped = study.study.ask()  # an enqueued trial, taken by this worker
-    recorded = storage.get_trial(trial._trial_id).system_attrs
-    assert recorded["worker"] == f"{socket.gethostname()}:{os.getpid()}"
-    assert ("heartbeat" in recorded) == (kind == "journal")  # the RDB storages keep heartbeats in a table
-    assert storage.get_trial(popped._trial_id).system_attrs["worker"] == recorded["worker"]
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="zombies are told apart through Linux's /proc")

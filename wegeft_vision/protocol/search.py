@@ -13,136 +13,37 @@ grid; this module adds what the protocol needs on top:
 - dead workers: a trial names its worker (`host:pid`) from its first write; a RUNNING trial whose worker process is
   gone (same host), or that names none a while after it started, is failed at once and its point enqueued again; on
   another host, the heartbeat (RDB storages; the journal file through a system attribute) fails it after three beats.
+
+What this needs of Optuna beyond its public API lives in `optuna_compat`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import random
 import socket
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.distributions import CategoricalDistribution
-from optuna.exceptions import UpdateFinishedTrialError
 from optuna.samplers import GridSampler
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages._heartbeat import BaseHeartbeat  # the interface Optuna's heartbeat thread and stale check use
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
+
+from . import optuna_compat as compat
 
 Point = tuple[float, float]
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 UNRECORDED_GRACE = 30.0  # seconds after which a RUNNING trial that names no worker is taken for dead
-logging.getLogger("optuna").setLevel(logging.WARNING)
-
-
-class _KnownNotices(logging.Filter):
-    """Drops Optuna records that say nothing new here: GridSampler's notice about re-evaluating a point (such a trial
-    is pruned without training) and the traceback of a failed trial (the protocol reports the failure itself)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return "re-evaluating a configuration" not in message and not (
-            message.startswith("Trial ") and " failed " in message
-        )
-
-
-for _name in ("optuna.samplers._grid", "optuna.study._optimize"):
-    logging.getLogger(_name).addFilter(_KnownNotices())
-
-
-def _quietly(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call an Optuna API that warns it is experimental (heartbeats, stale trials, enqueued user attributes)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return call(*args, **kwargs)
-
-
-def _new_trial_template(template: FrozenTrial | None, attrs: dict[str, Any]) -> FrozenTrial | None:
-    """The template of a trial claimed from the grid (`ask` passes none): its first write names the worker, so a
-    worker killed before its objective ran is known dead at once. Enqueued or added trials keep their own."""
-    if template is not None:
-        return template
-    return FrozenTrial(
-        number=-1,
-        state=TrialState.RUNNING,
-        value=None,
-        datetime_start=datetime.now(),
-        datetime_complete=None,
-        params={},
-        distributions={},
-        user_attrs={},
-        system_attrs=attrs,
-        intermediate_values={},
-        trial_id=-1,
-    )
-
-
-class _ReleasingStorage:
-    """What the protocol's storages add to Optuna's: a trial names its worker (system attribute `worker`) from the
-    moment it is claimed, and a trial failed for a stopped heartbeat has its point enqueued again."""
-
-    def _claim_attrs(self) -> dict[str, Any]:
-        return {"worker": WORKER}
-
-    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
-        claimed = super().set_trial_state_values(trial_id, state, values)  # type: ignore[misc]
-        if claimed and state == TrialState.RUNNING:  # an enqueued trial this worker took
-            for key, value in self._claim_attrs().items():
-                self.set_trial_system_attr(trial_id, key, value)  # type: ignore[attr-defined]
-        return claimed
-
-    def get_heartbeat_stale_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None]:
-        return _enqueue_again
-
-    get_failed_trial_callback = get_heartbeat_stale_trial_callback  # its name before Optuna 4.9
-
-
-class _RDBStorage(_ReleasingStorage, RDBStorage):
-    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
-        # called by `create_new_trial` and by the cache Optuna puts in front of every RDB storage
-        return super()._create_new_trial(study_id, _new_trial_template(template_trial, self._claim_attrs()))
-
-
-class _JournalStorage(_ReleasingStorage, JournalStorage, BaseHeartbeat):
-    """Optuna's journal file with the heartbeat it lacks: Optuna's heartbeat thread stamps a RUNNING trial's system
-    attribute `heartbeat` (seconds since the epoch on the writer's clock: hosts must agree well within the grace
-    period), and `fail_stale_trials` fails a trial silent for three heartbeats."""
-
-    def __init__(self, path: str, heartbeat: int) -> None:
-        super().__init__(JournalFileBackend(path))
-        self.heartbeat_interval = heartbeat
-
-    def _claim_attrs(self) -> dict[str, Any]:
-        return {"worker": WORKER, "heartbeat": time.time()}  # the first beat with the claim: never a silent trial
-
-    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
-        return super().create_new_trial(study_id, _new_trial_template(template_trial, self._claim_attrs()))
-
-    def record_heartbeat(self, trial_id: int) -> None:
-        with contextlib.suppress(UpdateFinishedTrialError):  # released meanwhile: its worker learns it when it reports
-            self.set_trial_system_attr(trial_id, "heartbeat", time.time())
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        now, grace = time.time(), 3 * self.heartbeat_interval
-        running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
-        return [t._trial_id for t in running if now - t.system_attrs.get("heartbeat", now) > grace]
-
-    def get_heartbeat_interval(self) -> int:
-        return self.heartbeat_interval
 
 
 def open_storage(url: str | None, out: Path, heartbeat: int = 60) -> BaseStorage:
-    """The storage of the protocol's studies.
+    """The storage of the protocol's studies: a claimed trial names its worker (system attribute `worker`) from its
+    first write, and a trial failed for a stopped heartbeat has its point enqueued again.
 
     Args:
         url: None for `sqlite:///OUT/optuna.db` (embedded, no server); an RDB URL (`postgresql://...`,
@@ -150,18 +51,21 @@ def open_storage(url: str | None, out: Path, heartbeat: int = 60) -> BaseStorage
         out: the run folder.
         heartbeat: seconds between heartbeats of a running trial; a trial silent for three heartbeats is failed and
             redone.
+
+    Raises:
+        ValueError: the installed Optuna is outside the supported range.
     """
+    compat.prepare()
     if url is None:
         out.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{out.resolve() / 'optuna.db'}"
+    hooks: dict[str, Any] = {"attrs": {"worker": WORKER}, "on_stale": _enqueue_again}
     if url.startswith("journal:"):
-        return _quietly(_JournalStorage, str(Path(url.removeprefix("journal:")).expanduser()), heartbeat)
+        return compat.journal_storage(str(Path(url.removeprefix("journal:")).expanduser()), heartbeat, **hooks)
     engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     for attempt in range(5):
         try:
-            return _quietly(
-                _RDBStorage, url, engine_kwargs=engine, heartbeat_interval=heartbeat, grace_period=3 * heartbeat
-            )
+            return compat.rdb_storage(url, heartbeat, engine_kwargs=engine, **hooks)
         except SQLAlchemyError:  # workers racing to create the schema of a new database: the loser retries
             if attempt == 4:
                 raise
@@ -170,35 +74,20 @@ def open_storage(url: str | None, out: Path, heartbeat: int = 60) -> BaseStorage
 
 
 def _point(trial: FrozenTrial) -> Point | None:
-    params = trial.params or trial.system_attrs.get("fixed_params") or {}
+    params = compat.trial_params(trial)
     return (params["lr"], params["weight_decay"]) if "lr" in params and "weight_decay" in params else None
 
 
-def _claimed_point(study: optuna.Study, trial: FrozenTrial) -> Point | None:
-    """A trial's grid point, also when its worker died after claiming it and before asking for its params."""
-    point, grid, space = _point(trial), study.sampler, trial.system_attrs.get("search_space") or {}
-    if point is None and set(space) == {"lr", "weight_decay"} and isinstance(grid, GridSampler):
-        names = ("lr", "weight_decay")  # the sampler maps its grid id to the values
-        lr, wd = (grid.sample_independent(study, trial, name, CategoricalDistribution(space[name])) for name in names)
-        point = (lr, wd)
-    return point
+def _enqueue(study: optuna.Study, point: Point) -> None:
+    compat.enqueue(study, {"lr": point[0], "weight_decay": point[1]}, user_attrs={"retry": True})
 
 
 def _enqueue_again(study: optuna.Study, trial: FrozenTrial) -> None:
     """Enqueue the point of a trial failed because its worker is gone (also the storages' callback for a stopped
     heartbeat), so that the live workers redo it, from its last checkpoint, without waiting for a restart."""
-    point = _claimed_point(study, trial)
-    if point is not None and "duplicate_of" not in trial.user_attrs:
-        _quietly(study.enqueue_trial, {"lr": point[0], "weight_decay": point[1]}, user_attrs={"retry": True})
-
-
-def _fail(study: optuna.Study, trial: FrozenTrial) -> bool:
-    """Fail another worker's RUNNING trial; False when it was finished first. Not `study.tell`: that runs the sampler's
-    `after_trial`, whose `study.stop()` raises outside `optimize` once the rest of the grid is done."""
-    try:
-        return study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-    except UpdateFinishedTrialError:
-        return False
+    params = compat.claimed_params(study, trial)
+    if {"lr", "weight_decay"} <= set(params) and "duplicate_of" not in trial.user_attrs:
+        _enqueue(study, (params["lr"], params["weight_decay"]))
 
 
 def _worker_alive(worker: str) -> bool:
@@ -256,10 +145,11 @@ class GridStudy:
         self.wds = list(dict.fromkeys(wd for _, wd in self.points))
         if len(self.points) != len(self.lrs) * len(self.wds):
             raise ValueError(f"study {name}: the points do not form an lr x weight-decay grid")
-        sampler = optuna.samplers.GridSampler({"lr": self.lrs, "weight_decay": self.wds}, seed=seed)
+        sampler = GridSampler({"lr": self.lrs, "weight_decay": self.wds}, seed=seed)
         self.study = optuna.create_study(
             study_name=name, storage=storage, sampler=sampler, direction="maximize", load_if_exists=True
         )
+        compat.give_grid_ids(self.study)  # points enqueued by earlier versions: their rerun completes at once
         self._retried: set[Point] = set()
 
     def trials(self) -> list[FrozenTrial]:
@@ -303,17 +193,17 @@ class GridStudy:
         released = []
         now = datetime.now()
         for trial in self.trials():
-            if trial.state == TrialState.RUNNING and _worker_gone(trial, now) and _fail(self.study, trial):
+            if trial.state == TrialState.RUNNING and _worker_gone(trial, now) and compat.fail_trial(self.study, trial):
                 _enqueue_again(self.study, trial)
                 released.append(trial.number)
-        _quietly(optuna.storages.fail_stale_trials, self.study)
+        compat.fail_stale_trials(self.study)
         return released
 
     def retry_failed(self) -> list[Point]:
         """Enqueue one new trial for every point whose trials all failed (once per worker lifetime)."""
         retried = [p for p, s in self.states().items() if s == "failed" and p not in self._retried]
-        for lr, wd in retried:
-            _quietly(self.study.enqueue_trial, {"lr": lr, "weight_decay": wd}, user_attrs={"retry": True})
+        for point in retried:
+            _enqueue(self.study, point)
         self._retried.update(retried)
         return retried
 
