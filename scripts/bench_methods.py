@@ -1,11 +1,12 @@
 """Training-step time and memory of every method on one architecture, as ratios to LoRA and to the frozen backbone.
 
-Variants: each method with its default config, WeGeFT on its factored and naive weight-space paths (the latter rebuilds
-W_hat every step, as reference code does), WeGeFT with each non-linear g_theta of Table 8 and GIFT v1's PaCa, and
-`frozen`: every weight frozen but the gradient still taken through all blocks (from the patch tokens), the floor for
-any method that adapts the first block. Variants run interleaved in
-rounds so that drift of the machine hits all of them alike; the median step is reported. Memory is the bytes autograd
-saves for backward (any device) plus, on CUDA, the peak allocation of a step above the resident model.
+Variants: every named method variant (`wegeft_vision.methods.variants()`: each method's default config, WeGeFT's forms,
+each g_theta of Table 8 and GIFT v1's PaCa, peft's methods when installed), WeGeFT on its factored and naive
+weight-space paths (the latter rebuilds W_hat every step, as reference code does), and `frozen`: every weight frozen
+but the gradient still taken through all blocks (from the patch tokens), the floor for any method that adapts the
+first block. Variants run interleaved in rounds so that drift of the machine hits all of them alike; the median step is
+reported. Memory is the bytes autograd saves for backward (any device) plus, on CUDA, the peak allocation of a step
+above the resident model.
 
     python scripts/bench_methods.py --model vit_small_patch16_224 --batch 8 --device cpu
 """
@@ -25,53 +26,17 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from wegeft_vision.methods import (
-    BitFitConfig,
-    FacTTKConfig,
-    FacTTTConfig,
-    FullFinetuneConfig,
-    GenFTConfig,
-    LinearProbeConfig,
-    LoRAConfig,
-    SharedLoRAConfig,
-    VPTConfig,
-    WeGeFTConfig,
-    count_trainable,
-    inject,
-    merge,
-)
+from wegeft_vision.backbones import create_backbone
+from wegeft_vision.methods import LinearProbeConfig, WeGeFTConfig, count_trainable, inject, merge, variants
 
+# The catalogue's variants (peft's too when installed), and what only this benchmark measures: the floor `frozen` and
+# WeGeFT's other compute paths.
 VARIANTS = {
     "frozen": LinearProbeConfig(),
-    "linear": LinearProbeConfig(),
-    "bitfit": BitFitConfig(),
-    "vpt": VPTConfig(),
-    "lora": LoRAConfig(),
-    "wegeft": WeGeFTConfig(),
+    **{variant.name: variant.config() for variant in variants()},
     "wegeft-factored": WeGeFTConfig(compute="factored"),
     "wegeft-naive-weight": WeGeFTConfig(compute="weight"),
-    # g_theta ablations (Table 8) and GIFT v1's PaCa: g is not linear, so ΔW's factor g(W phi) is rebuilt every step
-    **{f"wegeft-{g}": WeGeFTConfig(generator=g) for g in ("sigmoid", "relu", "gelu", "mlp", "transformer", "mixer")},
-    "paca": WeGeFTConfig(generator="paca"),
-    "paca-attn": WeGeFTConfig(generator="paca_attn"),
-    # compared methods: shared LoRA (the weight-unaware control), GenFT (rebuilds its d x d ΔW every step), FacT
-    "lora-shared": SharedLoRAConfig(),
-    "genft-qv": GenFTConfig(),
-    "genft-proj": GenFTConfig(targets=("attn.proj",)),
-    "fact-tt": FacTTTConfig(),
-    "fact-tk": FacTTKConfig(),
-    "full": FullFinetuneConfig(),
 }
-
-
-def _peft_variants() -> dict:
-    """peft's methods (`peft-dora`, ...) when the `peft` extra is installed."""
-    from wegeft_vision.methods.hf_peft import default_configs
-
-    return {label.replace(":", "-"): config for label, config in default_configs()}
-
-
-VARIANTS.update(_peft_variants())
 
 
 def parse_args() -> argparse.Namespace:
@@ -165,7 +130,7 @@ def main() -> None:
     args = parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
-    base = timm.create_model(args.model, pretrained=False, num_classes=args.num_classes, img_size=args.img_size)
+    base = create_backbone(args.model, num_classes=args.num_classes, pretrained=False, img_size=args.img_size)
     images = torch.randn(args.batch, 3, args.img_size, args.img_size, device=device)
     labels = torch.randint(0, args.num_classes, (args.batch,), device=device)
     variants = []

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 from wegeft_vision.cli import main
 
@@ -25,3 +27,15 @@ def test_params_reproduces_table_6(tmp_path, capsys):
 def test_unknown_model_exits_non_zero_with_message(capsys):
     assert main(["params", "--model", "vit_nonexistent"]) == 2
     assert "unknown timm model 'vit_nonexistent'" in capsys.readouterr().err
+
+
+def test_params_module_starts_without_torch():
+    """`wegeft-vision params --help` builds the parser without importing torch, timm or the methods."""
+    code = (
+        "import argparse, sys\n"
+        "from wegeft_vision.cli import params\n"
+        "params.add_parser(argparse.ArgumentParser())\n"
+        "print(sorted(m for m in ('torch', 'timm', 'wegeft_vision.methods') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

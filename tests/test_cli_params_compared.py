@@ -5,9 +5,8 @@ from __future__ import annotations
 import timm
 import torch
 
-from wegeft_vision.cli.params import ROWS, peft_rows
-from wegeft_vision.methods import count_trainable, inject
-from wegeft_vision.methods.hf_peft import peft_available
+from wegeft_vision.methods import VARIANTS, count_trainable, inject, variants
+from wegeft_vision.methods.peft_compat import peft_available
 
 EXPECTED = {
     "Shared LoRA": 24_576,  # 2 x 768 x 16: WeGeFT's count
@@ -24,12 +23,12 @@ def _count(config) -> int:
 
 
 def test_compared_methods_rows_and_counts():
-    rows = dict(ROWS)
+    rows = {variant.label: variant.config() for variant in VARIANTS}
     assert {label: _count(rows[label]) for label in EXPECTED} == EXPECTED
 
 
 def test_peft_rows_when_installed():
-    rows = dict(peft_rows())
+    rows = {variant.label: variant.config() for variant in variants()[len(VARIANTS) :]}
     if not peft_available():
         assert rows == {}
         return

@@ -56,8 +56,8 @@ def test_file_holds_only_trainable_tensors_and_sidecar_describes_them(tmp_path, 
     path = save_adapter(model, tmp_path / "a.safetensors")
     tensors = load_file(path)
     assert set(tensors) == {
-        "blocks.0.attn.proj.generator.phi",
-        "blocks.0.attn.proj.generator.psi",
+        "blocks.0.attn.proj.projections.phi",
+        "blocks.0.attn.proj.projections.psi",
         "head.weight",
         "head.bias",
     }
@@ -98,7 +98,7 @@ def test_refusals_name_the_file(tmp_path, tiny_vit):
         load_adapter(other, path)
 
     bigger = make_tiny_vit(embed_dim=48)
-    with pytest.raises(ValueError, match="generator.phi has shape"):
+    with pytest.raises(ValueError, match="projections.phi has shape"):
         load_adapter(bigger, path)
 
     vit_small = make_tiny_vit()
@@ -126,10 +126,10 @@ def test_trainable_parameters_lists_shared_tensors_once(tiny_vit):
     # proj (32x32) and fc2 (32x64) differ in shape: two pairs, each listed once under its first layer's name
     names = sorted(n for n in trainable_parameters(model, exclude_head=True))
     assert names == [
-        "blocks.0.attn.proj.generator.phi",
-        "blocks.0.attn.proj.generator.psi",
-        "blocks.0.mlp.fc2.generator.phi",
-        "blocks.0.mlp.fc2.generator.psi",
+        "blocks.0.attn.proj.projections.phi",
+        "blocks.0.attn.proj.projections.psi",
+        "blocks.0.mlp.fc2.projections.phi",
+        "blocks.0.mlp.fc2.projections.psi",
     ]
 
 

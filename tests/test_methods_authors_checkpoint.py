@@ -154,9 +154,9 @@ def test_released_checkpoints_import_exactly(name, dataset, classes, top1, lr, t
     model = load_adapter(create_backbone(ARCH, num_classes=classes, pretrained=False), adapter)
     params = trainable_parameters(model)
     assert len(params) == 4
-    generator = model.blocks[0].attn.proj.generator
-    assert all(block.attn.proj.generator is generator for block in model.blocks)  # one pair on all 12 attn.proj
-    assert torch.equal(generator.phi, raw[P_IN].T) and torch.equal(generator.psi, raw[P_OUT].T)
+    projections = model.blocks[0].attn.proj.projections
+    assert all(block.attn.proj.projections is projections for block in model.blocks)  # one pair on all 12 attn.proj
+    assert torch.equal(projections.phi, raw[P_IN].T) and torch.equal(projections.psi, raw[P_OUT].T)
     assert torch.equal(model.head.weight, raw["backbone.head.weight"])
     assert torch.equal(model.head.bias, raw["backbone.head.bias"])
     weight = model.blocks[5].attn.proj.weight.double()
@@ -285,7 +285,7 @@ def test_test_command_evaluates_an_imported_adapter(synthetic, tmp_path):
         num_classes=classes, backbone=ARCH, pretrained=False, backbone_overrides=TINY, adapter=str(adapter)
     )
     assert module.method == WeGeFTConfig(rank=RANK)  # the adapter's own method
-    assert torch.equal(module.network.blocks[1].attn.proj.generator.phi, state[P_IN].T)
+    assert torch.equal(module.network.blocks[1].attn.proj.projections.phi, state[P_IN].T)
     assert torch.equal(module.network.head.weight, state["backbone.head.weight"])
     with pytest.raises(ValueError, match=r"is for vit_base_patch16_224.augreg_in21k, not vit_base_patch16_224.orig"):
         ClassificationModule(classes, backbone="vit_base_patch16_224.orig_in21k", pretrained=False,

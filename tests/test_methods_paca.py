@@ -16,12 +16,12 @@ from safetensors.torch import save_file
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from wegeft_vision.cli import main
-from wegeft_vision.methods import GeneratorSpec, PaCaAttnBlock, PaCaBlock, WeGeFTConfig, inject, save_adapter
+from wegeft_vision.methods import GThetaSpec, PaCaAttnBlock, PaCaBlock, WeGeFTConfig, inject, save_adapter
 from wegeft_vision.viz import paca_clusters
 
 N, M, R = 96, 8, 4
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
-PACA = WeGeFTConfig(rank=R, generator="paca", num_clusters=M)
+PACA = WeGeFTConfig(rank=R, g_theta="paca", num_clusters=M)
 
 
 class ShapeLog(TorchDispatchMode):
@@ -42,7 +42,7 @@ class ShapeLog(TorchDispatchMode):
 @pytest.mark.parametrize("block", [PaCaBlock, PaCaAttnBlock])
 @pytest.mark.parametrize("heads", [1, 2])
 def test_no_token_to_token_tensor_is_formed(block, heads):
-    g = block(GeneratorSpec(rank=R, tokens=N, heads=heads, clusters=M))
+    g = block(GThetaSpec(rank=R, tokens=N, heads=heads, clusters=M))
     z = torch.randn(N, R, requires_grad=True)
     with ShapeLog() as log:
         g(z).square().sum().backward()
@@ -53,7 +53,7 @@ def test_no_token_to_token_tensor_is_formed(block, heads):
 
 
 def test_attention_rows_sum_to_one_and_assignment_is_scaled_sigmoid():
-    g = PaCaBlock(GeneratorSpec(rank=R, tokens=N, clusters=M))
+    g = PaCaBlock(GThetaSpec(rank=R, tokens=N, clusters=M))
     g.attn.record = True
     g(torch.randn(N, R))
     assignment, attention = g.attn.last_assignment, g.attn.last_attention
@@ -78,10 +78,10 @@ def test_paca_clusters_per_layer():
 
 
 def test_paca_clusters_of_per_layer_blocks_are_each_layers_own():
-    config = dataclasses.replace(PACA, generator_per_layer=True)
+    config = dataclasses.replace(PACA, g_theta_per_layer=True)
     model = inject(timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=3, **TINY), config)
     with torch.no_grad():
-        model.blocks[1].attn.proj.g.attn.cluster.bias.fill_(20.0)  # only layer 1's own assignment moves
+        model.blocks[1].attn.proj.g_theta.attn.cluster.bias.fill_(20.0)  # only layer 1's own assignment moves
     found = paca_clusters(model)
     assert found["blocks.1.attn.proj"].assignment.min() > 0.99
     assert found["blocks.0.attn.proj"].assignment.max() < 0.99
@@ -131,4 +131,4 @@ def test_visualize_clusters_draws_each_paca_layer(adapters, tmp_path, capsys):
 
 def test_visualize_clusters_refuses_an_adapter_without_paca(adapters, tmp_path, capsys):
     assert _visualize(adapters, "wegeft", tmp_path) == 2
-    assert "--clusters needs an adapter with generator 'paca'" in capsys.readouterr().err
+    assert "--clusters needs an adapter with g_theta 'paca'" in capsys.readouterr().err

@@ -10,17 +10,19 @@ from method_contract import HEAD
 pytest.importorskip("peft")
 
 from wegeft_vision.methods import (  # noqa: E402
+    HFPeftConfig,
     LoRAConfig,
-    PeftConfig,
     config_from_dict,
     count_trainable,
     inject,
     load_adapter,
     merge,
+    peft_compat,
     save_adapter,
     trainable_parameters,
     unmerge,
 )
+from wegeft_vision.methods.hf_peft import KINDS as DEFAULTS  # noqa: E402
 
 # small options so that every kind fits the tiny ViT's 32-wide attn.proj
 KINDS = {
@@ -37,7 +39,7 @@ KINDS = {
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_peft_kind_contract(kind, tmp_path, tiny_vit64, images):
-    config = PeftConfig(kind=kind, options=KINDS[kind])
+    config = HFPeftConfig(kind=kind, options=KINDS[kind])
     assert config_from_dict(config.to_dict()) == config
     x = images.double()
     model = inject(clone(tiny_vit64), config).eval()
@@ -63,7 +65,7 @@ def test_peft_kind_contract(kind, tmp_path, tiny_vit64, images):
 def test_our_lora_and_peft_lora_give_the_same_logits(tiny_vit64, images):
     ours = inject(clone(tiny_vit64), LoRAConfig(rank=3, alpha=6.0)).eval()
     randomize_trainable(ours)
-    theirs = inject(clone(tiny_vit64), PeftConfig(kind="lora", options={"r": 3, "lora_alpha": 6})).eval()
+    theirs = inject(clone(tiny_vit64), HFPeftConfig(kind="lora", options={"r": 3, "lora_alpha": 6})).eval()
     params = trainable_parameters(theirs)
     with torch.no_grad():
         for i, block in enumerate(ours.blocks):
@@ -77,6 +79,31 @@ def test_our_lora_and_peft_lora_give_the_same_logits(tiny_vit64, images):
 
 def test_unknown_kind_and_bad_options():
     with pytest.raises(ValueError, match="unknown kind 'nonesuch'"):
-        inject(make_tiny_vit(), PeftConfig(kind="nonesuch"))
+        inject(make_tiny_vit(), HFPeftConfig(kind="nonesuch"))
     with pytest.raises(ValueError, match="does not take options"):
-        inject(make_tiny_vit(), PeftConfig(kind="lora", options={"rank_typo": 3}))
+        inject(make_tiny_vit(), HFPeftConfig(kind="lora", options={"rank_typo": 3}))
+
+
+def test_peft_provides_what_peft_compat_relies_on():
+    """A new peft that drops or changes what `peft_compat` uses fails here, naming it."""
+    assert peft_compat.missing() == []
+    classes = peft_compat.config_classes()
+    assert {peft_type for peft_type, _, _ in DEFAULTS.values()} <= set(classes)
+    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+    from peft.tuners.tuners_utils import BaseTuner
+
+    tuners = {str(t.value): cls for t, cls in PEFT_TYPE_TO_TUNER_MAPPING.items()}
+    assert all(issubclass(tuners[peft_type], BaseTuner) for peft_type, _, _ in DEFAULTS.values())
+    model = make_tiny_vit()
+    peft_compat.inject(model, HFPeftConfig(kind="lora", options={"r": 2}).peft_config(), "default")
+    layers = peft_compat.tuner_layers(model)
+    assert len(layers) == len(model.blocks) and all(layer.get_base_layer() is not layer for layer in layers)
+
+
+def test_a_peft_lacking_what_we_rely_on_is_refused_by_name(monkeypatch):
+    from peft.tuners import tuners_utils
+
+    monkeypatch.delattr(tuners_utils.BaseTunerLayer, "get_base_layer")
+    assert peft_compat.missing() == ["BaseTunerLayer.get_base_layer"]
+    with pytest.raises(ValueError, match=r"peft \S+ lacks what method \"peft\" relies on: BaseTunerLayer\.get_base"):
+        inject(make_tiny_vit(), HFPeftConfig())

@@ -34,16 +34,17 @@ def test_wegeft_on_slices_and_proj_contract(tmp_path):
     config = WeGeFTConfig(rank=3, targets=("attn.qkv[q]", "attn.qkv[v]", "attn.proj"))
 
     def reference(model):
-        gen = model.blocks[0].attn.proj.generator  # one (phi, psi) for all (32, 32) weights: q, v and proj
+        proj = model.blocks[0].attn.proj.projections  # one (phi, psi) for all (32, 32) weights: q, v and proj
         out = {}
         for i, block in enumerate(model.blocks):
-            assert block.attn.qkv.slices["q"].generator is gen and block.attn.qkv.slices["v"].generator is gen
+            slices = block.attn.qkv.slices
+            assert slices["q"].projections is proj and slices["v"].projections is proj
             w = block.attn.qkv.base.weight
             delta = torch.zeros_like(w)
             for part in "qv":
-                delta[ROWS[part]] = w[ROWS[part]] @ gen.phi @ gen.psi
+                delta[ROWS[part]] = w[ROWS[part]] @ proj.phi @ proj.psi
             out[f"blocks.{i}.attn.qkv"] = delta
-            out[f"blocks.{i}.attn.proj"] = block.attn.proj.base.weight @ gen.phi @ gen.psi
+            out[f"blocks.{i}.attn.proj"] = block.attn.proj.base.weight @ proj.phi @ proj.psi
         return out
 
     check_contract(config, tmp_path, 2 * 3 * 32, reference)

@@ -9,8 +9,8 @@ from torch import nn
 
 from wegeft_vision.methods import (
     WeGeFTConfig,
-    WeGeFTGenerator,
     WeGeFTLinear,
+    WeGeFTProjections,
     count_trainable,
     inject,
     merge,
@@ -25,10 +25,10 @@ def explicit_reference(base: nn.Module, injected: nn.Module) -> nn.Module:
     for name, layer in injected.named_modules():
         if not isinstance(layer, WeGeFTLinear):
             continue
-        gen = layer.generator
+        proj = layer.projections
         w = ref.get_submodule(name).weight
-        phi, psi, s = gen.phi.detach(), gen.psi.detach(), gen.scale
-        w_hat = w + s * w @ phi @ psi if gen.variant == "d_in" else w + s * (phi @ psi).T @ w
+        phi, psi, s = proj.phi.detach(), proj.psi.detach(), proj.scale
+        w_hat = w + s * w @ phi @ psi if proj.variant == "d_in" else w + s * (phi @ psi).T @ w
         with torch.no_grad():
             w.copy_(w_hat)
     return ref
@@ -50,9 +50,9 @@ def test_logits_match_explicit_weight_formula_float64(tiny_vit64, images, varian
 def test_several_shapes_get_their_own_pair(tiny_vit64, images):
     targets = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
     model = inject(clone(tiny_vit64), WeGeFTConfig(rank=3, targets=targets))
-    generators = {id(m.generator) for m in model.modules() if isinstance(m, WeGeFTLinear)}
+    pairs = {id(m.projections) for m in model.modules() if isinstance(m, WeGeFTLinear)}
     shapes = {tuple(m.base.weight.shape) for m in model.modules() if isinstance(m, WeGeFTLinear)}
-    assert len(generators) == len(shapes) == 4  # qkv (96x32), proj (32x32), fc1 (64x32), fc2 (32x64)
+    assert len(pairs) == len(shapes) == 4  # qkv (96x32), proj (32x32), fc1 (64x32), fc2 (32x64)
     assert count_trainable(model) == sum(2 * d_in * 3 for d_in in [32, 32, 32, 64])
     randomize_trainable(model)
     torch.testing.assert_close(model(images.double()), explicit_reference(tiny_vit64, model)(images.double()))
@@ -61,24 +61,24 @@ def test_several_shapes_get_their_own_pair(tiny_vit64, images):
 def test_shared_pair_is_one_tensor_and_sep_is_one_per_layer(tiny_vit):
     shared = inject(clone(tiny_vit), WeGeFTConfig(rank=4))
     layers = [m for m in shared.modules() if isinstance(m, WeGeFTLinear)]
-    assert len(layers) == 3 and all(m.generator is layers[0].generator for m in layers)
+    assert len(layers) == 3 and all(m.projections is layers[0].projections for m in layers)
     assert count_trainable(shared) == 2 * 32 * 4
     sep = inject(clone(tiny_vit), WeGeFTConfig(rank=4, shared=False))
-    assert len({id(m.generator) for m in sep.modules() if isinstance(m, WeGeFTLinear)}) == 3
+    assert len({id(m.projections) for m in sep.modules() if isinstance(m, WeGeFTLinear)}) == 3
     assert count_trainable(sep) == 3 * 2 * 32 * 4
 
 
 def test_d_out_parameter_shapes(tiny_vit):
     model = inject(clone(tiny_vit), WeGeFTConfig(rank=4, variant="d_out", targets=("mlp.fc1",)))
-    gen = model.blocks[0].mlp.fc1.generator
-    assert gen.phi.shape == (64, 4) and gen.psi.shape == (4, 64)
+    proj = model.blocks[0].mlp.fc1.projections
+    assert proj.phi.shape == (64, 4) and proj.psi.shape == (4, 64)
 
 
 @pytest.mark.parametrize("init", ["psi_zero", "phi_zero"])
 def test_initialization_leaves_the_model_unchanged(tiny_vit, images, init):
     model = inject(clone(tiny_vit), WeGeFTConfig(rank=4, init=init))
-    gen = model.blocks[0].attn.proj.generator
-    zero, random = (gen.psi, gen.phi) if init == "psi_zero" else (gen.phi, gen.psi)
+    proj = model.blocks[0].attn.proj.projections
+    zero, random = (proj.psi, proj.phi) if init == "psi_zero" else (proj.phi, proj.psi)
     assert torch.count_nonzero(zero) == 0
     assert torch.count_nonzero(random) == random.numel()
     # nn.Linear's default bound 1/sqrt(fan_in): fan_in is d_in for phi^T and r for psi^T.
@@ -94,8 +94,8 @@ def test_only_method_parameters_and_head_get_gradients(tiny_vit, images):
     model(images).logsumexp(-1).sum().backward()
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
     assert with_grad == {
-        "blocks.0.attn.proj.generator.phi",
-        "blocks.0.attn.proj.generator.psi",
+        "blocks.0.attn.proj.projections.phi",
+        "blocks.0.attn.proj.projections.psi",
         "head.weight",
         "head.bias",
     }
@@ -131,7 +131,7 @@ def test_weight_dropout_uses_the_same_masks_on_factored_and_weight_paths(tiny_vi
     factored.train(), weight.train()
     for m in (factored, weight):  # keep only the W dropout stochastic
         for name, module in m.named_modules():
-            if isinstance(module, nn.Dropout) and "generator" not in name:
+            if isinstance(module, nn.Dropout) and "projections" not in name:
                 module.p = 0.0
     torch.manual_seed(5)
     out_factored = factored(x)
@@ -158,7 +158,7 @@ def test_layer_subset_and_other_targets(tiny_vit):
         ({"rank": 0}, "rank must be a positive integer"),
         ({"variant": "both"}, "variant must be 'd_in' or 'd_out'"),
         ({"init": "gauss"}, "init must be"),
-        ({"generator": "swish"}, "unknown generator 'swish'"),
+        ({"g_theta": "swish"}, "unknown g_theta 'swish'"),
         ({"compute": "activation", "dropout": 0.1}, "compute='activation' is exact only"),
         ({"dropout": 1.0}, "dropout must be in"),
         ({"targets": ()}, "targets must name at least one"),
@@ -188,5 +188,5 @@ def test_paper_setting_on_vit_b16_has_24576_parameters():
     model = make_tiny_vit(img_size=32, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4.0)
     model = inject(model, WeGeFTConfig())
     assert count_trainable(model) == 24_576
-    generators = {id(m) for m in model.modules() if isinstance(m, WeGeFTGenerator)}
-    assert len(generators) == 1
+    pairs = {id(m) for m in model.modules() if isinstance(m, WeGeFTProjections)}
+    assert len(pairs) == 1

@@ -6,7 +6,7 @@ import csv
 import math
 
 from wegeft_vision.cli import main
-from wegeft_vision.methods.hf_peft import peft_available
+from wegeft_vision.methods.peft_compat import peft_available
 
 METHODS = ["lora_shared", "genft_qv", "genft_proj", "fact_tt", "fact_tk"] + (["peft:dora"] if peft_available() else [])
 

@@ -71,7 +71,7 @@ def test_fit_trains_only_the_method_and_checkpoints_hold_no_backbone(tmp_path):
 def test_save_adapter_records_training_settings_and_reloads(tmp_path):
     model = module(lr=3e-3, weight_decay=0.0).eval()
     with torch.no_grad():
-        model.network.blocks[0].attn.proj.generator.psi.normal_()
+        model.network.blocks[0].attn.proj.projections.psi.normal_()
     path = model.save_adapter(tmp_path / "a.safetensors", extra={"seed": 7})
     meta = read_adapter_meta(path)
     assert meta["extra"]["seed"] == 7 and meta["extra"]["training"]["lr"] == 3e-3
@@ -102,3 +102,21 @@ def test_load_adapted_model_rebuilds_backbone_from_sidecar(tmp_path):
 def test_invalid_schedule_is_refused():
     with pytest.raises(ValueError, match="warmup_epochs < epochs"):
         module(epochs=5, warmup_epochs=5)
+
+
+def test_a_checkpoint_of_an_earlier_version_resumes_with_its_tensors_renamed():
+    """Lightning checkpoints written before WeGeFT's parts were renamed hold `...generator.phi`: they load into
+    `...projections.phi`, never silently left out by the non-strict load."""
+    from wegeft_vision.methods import WeGeFTConfig
+
+    model = module(method=WeGeFTConfig(rank=2))
+    current = {name: torch.randn_like(tensor) for name, tensor in model.state_dict().items()}
+    assert any(".projections.phi" in name for name in current)
+    earlier = {name.replace(".projections.", ".generator."): tensor for name, tensor in current.items()}
+    checkpoint = {"state_dict": dict(earlier)}
+    model.on_load_checkpoint(checkpoint)
+    assert checkpoint["state_dict"].keys() == current.keys()
+    assert all(torch.equal(checkpoint["state_dict"][name], current[name]) for name in current)
+    head = next(name for name in current if "head" in name)
+    with pytest.raises(ValueError, match=rf"lacks 1 trainable tensor\(s\) of the model, e.g. {head}"):
+        model.on_load_checkpoint({"state_dict": {k: v for k, v in current.items() if k != head}})

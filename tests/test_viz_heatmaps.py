@@ -58,8 +58,8 @@ def known_model(prompts: int = 0) -> nn.Module:
     with torch.no_grad():
         layer.base.weight.copy_(torch.diag(torch.tensor(W_DIAG, dtype=torch.float64)))
         layer.base.bias.copy_(torch.tensor(BIAS, dtype=torch.float64))
-        layer.generator.phi.copy_(eye[:, :RANK])
-        layer.generator.psi.copy_(eye[RANK:, :])
+        layer.projections.phi.copy_(eye[:, :RANK])
+        layer.projections.psi.copy_(eye[RANK:, :])
     return model.eval()
 
 
@@ -162,7 +162,7 @@ def hooked_reference(model, images, threshold, frozen, grid_size):
         block = model.blocks[i]
         drop = model.num_prefix_tokens + (block.num_prompts if isinstance(block, PromptedBlock) else 0)
         y = F.linear(x, layer.weight, layer.base.bias) if frozen else out
-        h = (y @ (layer.weight @ layer.generator.phi))[:, drop:]  # (B, N, r)
+        h = (y @ (layer.weight @ layer.projections.phi))[:, drop:]  # (B, N, r)
         h = h.reshape(h.shape[0], *grid_size, h.shape[-1]).permute(0, 3, 1, 2)  # (B, r, gh, gw)
         low = h.amin((-2, -1), keepdim=True)
         h = (h - low) / (h.amax((-2, -1), keepdim=True) - low)
@@ -257,7 +257,7 @@ def test_no_gradients_and_cluster_head_is_w_phi(images):
     maps = cluster_heatmaps(model, images.requires_grad_())
     assert not any(m.requires_grad for m in maps.values())
     layer = model.blocks[0].attn.proj
-    torch.testing.assert_close(cluster_head(layer), layer.base.weight @ layer.generator.phi)
+    torch.testing.assert_close(cluster_head(layer), layer.base.weight @ layer.projections.phi)
 
 
 @pytest.mark.gpu

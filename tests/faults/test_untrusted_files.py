@@ -21,11 +21,11 @@ from safetensors.torch import load_file, save_file
 
 from wegeft_vision.backbones import create_backbone
 from wegeft_vision.cli import main
-from wegeft_vision.data.manifests import sha256_of
+from wegeft_vision.files import sha256_of
 from wegeft_vision.methods import WeGeFTConfig, inject, load_adapted_model, load_adapter, save_adapter
 
 CLASSES, RANK = 4, 3
-PHI, PSI = "blocks.0.attn.proj.generator.phi", "blocks.0.attn.proj.generator.psi"
+PHI, PSI = "blocks.0.attn.proj.projections.phi", "blocks.0.attn.proj.projections.psi"
 AUTHORS_CHECKPOINT = Path("/work/shared/reference/authors_gift/CUB_last.pth.tar")
 
 
@@ -95,10 +95,10 @@ FAULTS = [
     ("no format_version", edit_meta(lambda m: m.pop("format_version")), ValueError, "sidecar", ["'format_version'"]),
     (
         "future format_version",
-        edit_meta(lambda m: m.update(format_version=2)),
+        edit_meta(lambda m: m.update(format_version=3)),
         ValueError,
         "sidecar",
-        ["'format_version' is 2", "reads version 1"],
+        ["'format_version' is 3", "reads version 2"],
     ),
     ("missing key", edit_meta(lambda m: m.pop("config")), ValueError, "sidecar", ["missing key(s) ['config']"]),
     (
@@ -284,7 +284,7 @@ def test_floating_tensors_of_another_precision_load_cast(adapter, good):
     edit_tensors(lambda t: t.update({k: v.to(torch.bfloat16) for k, v in t.items()}))(adapter)
     loaded = load_adapted_model(adapter)
     expected = load_file(good)
-    assert torch.equal(loaded.blocks[0].attn.proj.generator.phi, expected[PHI].to(torch.bfloat16).float())
+    assert torch.equal(loaded.blocks[0].attn.proj.projections.phi, expected[PHI].to(torch.bfloat16).float())
 
 
 def test_class_count_of_an_injected_model_is_named(adapter):

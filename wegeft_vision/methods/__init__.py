@@ -12,43 +12,47 @@ from .base import (
     unmerge,
 )
 from .bitfit import BitFitConfig
+from .catalogue import VARIANTS, Variant, parameter_table, variants
 from .fact import FacTLinear, FacTTKConfig, FacTTTConfig
-from .generators import GeneratorSpec
+from .g_theta import GThetaSpec
 from .genft import GenFTConfig, GenFTGenerator, GenFTLinear
-from .hf_peft import PeftConfig
+from .hf_peft import HFPeftConfig
 from .lora import LoRAConfig, LoRALinear, SharedLoRAConfig
 from .paca import PaCaAttention, PaCaAttnBlock, PaCaBlock
 from .probe import FullFinetuneConfig, LinearProbeConfig
 from .registry import METHODS, config_from_dict, config_from_spec, config_from_yaml
 from .vpt import PromptedBlock, VPTConfig
-from .wegeft import WeGeFTConfig, WeGeFTGenerator, WeGeFTLinear
+from .wegeft import G_THETA, WeGeFTConfig, WeGeFTLinear, WeGeFTProjections
 
 __all__ = [
+    "G_THETA",
     "METHODS",
+    "VARIANTS",
     "AdapterLinear",
     "BitFitConfig",
     "FacTLinear",
     "FacTTKConfig",
     "FacTTTConfig",
     "FullFinetuneConfig",
+    "GThetaSpec",
     "GenFTConfig",
     "GenFTGenerator",
     "GenFTLinear",
-    "GeneratorSpec",
+    "HFPeftConfig",
     "LinearProbeConfig",
     "LoRAConfig",
     "LoRALinear",
     "MethodConfig",
-    "PeftConfig",
     "PaCaAttention",
     "PaCaAttnBlock",
     "PaCaBlock",
     "PromptedBlock",
     "SharedLoRAConfig",
     "VPTConfig",
+    "Variant",
     "WeGeFTConfig",
-    "WeGeFTGenerator",
     "WeGeFTLinear",
+    "WeGeFTProjections",
     "config_from_dict",
     "config_from_spec",
     "config_from_yaml",
@@ -58,8 +62,10 @@ __all__ = [
     "load_adapter",
     "merge",
     "method_config",
+    "parameter_table",
     "read_adapter_meta",
     "save_adapter",
     "trainable_parameters",
     "unmerge",
+    "variants",
 ]

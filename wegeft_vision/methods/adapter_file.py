@@ -5,9 +5,10 @@ weights came from: hub, shipped with this package, a local file with its sha256,
 class count, so that `load_adapted_model` can rebuild the very same adapted model, touching the network only for a hub
 source.
 
-Both files are untrusted input when loaded: the sidecar is checked key by key (`format_version` 1, the only version
-so far, and every sidecar this project has written carries it, so a sidecar without one is refused) and the tensors
-must be exactly the trainable tensors of the rebuilt model, with their shapes, a compatible dtype and finite values.
+Both files are untrusted input when loaded: the sidecar is checked key by key (`format_version`: every sidecar this
+project has written carries one, so a sidecar without one is refused; version 1 files name WeGeFT's parts as before
+their renaming, and are read with today's names, see `legacy.py`) and the tensors must be exactly the trainable
+tensors of the rebuilt model, with their shapes, a compatible dtype and finite values.
 Every refusal is a `ValueError` (or `FileNotFoundError`) naming the file and the key or tensor; nothing is written.
 """
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -25,11 +25,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..files import atomic_path
 from .base import MethodConfig, inject, method_config, trainable_parameters
+from .legacy import current_tensor_name
 from .registry import config_from_dict
 
 FORMAT = "wegeft-vision-adapter"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: WeGeFT's `projections` and `g_theta` (1: `generator`, `g`)
 
 _KEYS = ("format", "format_version", "config", "backbone", "tensors", "extra")
 _BACKBONE_KEYS = ("architecture", "tag", "num_classes")
@@ -100,13 +102,9 @@ def save_adapter(
         "extra": extra or {},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    save_file(tensors, str(partial), metadata={"format": "pt", "wegeft_vision": FORMAT})
-    side = sidecar_path(path)
-    side_partial = side.with_name(side.name + ".partial")
-    side_partial.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(partial, path)
-    os.replace(side_partial, side)
+    with atomic_path(sidecar_path(path)) as side, atomic_path(path) as partial:  # both written, then both moved
+        save_file(tensors, str(partial), metadata={"format": "pt", "wegeft_vision": FORMAT})
+        side.write_text(json.dumps(meta, indent=2) + "\n")
     return path
 
 
@@ -323,6 +321,7 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
     if set(tensors) != set(meta["tensors"]):
         difference = _difference(set(tensors), set(meta["tensors"]))
         raise ValueError(f"adapter {path} does not match its sidecar {side} (key 'tensors'): {difference}")
+    tensors = {current_tensor_name(config.method, n, meta["format_version"]): t for n, t in tensors.items()}
     _check_head(model, tensors, saved["num_classes"], path)
 
     if current is None:

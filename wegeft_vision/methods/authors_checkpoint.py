@@ -21,7 +21,7 @@ Checkpoints with no such form are refused by name: another hypernet block or act
 fused `qkv` sub-modules (`enable_gift`), several target keys.
 
 Reading: `torch.load(weights_only=True)` with `argparse.Namespace` as the only allowed global besides tensors and
-containers (`backbones.create.SAFE_GLOBALS`, the allow-list `read_weights_file` uses): a pickle that asks for any
+containers (`files.SAFE_GLOBALS`, the allow-list `read_weights_file` uses): a pickle that asks for any
 other object is refused before it runs anything.
 """
 
@@ -116,7 +116,7 @@ class _Faults:
 
 def _load(path: Path) -> Any:
     """The unpickled checkpoint: tensors, containers, numbers and `argparse.Namespace` only."""
-    from ..backbones.create import UnreadableFile, UnsafePickle, safe_torch_load
+    from ..files import UnreadableFile, UnsafePickle, safe_torch_load
 
     if not path.is_file():
         raise FileNotFoundError(f"authors' checkpoint {path} does not exist")
@@ -240,7 +240,7 @@ def read_authors_checkpoint(path: str | Path) -> AuthorsCheckpoint:
         ValueError: a refused pickle, a file that is not a PyTorch checkpoint, or a checkpoint that is not a WeGeFT
             adapter of this form (the message names the file and the key).
     """
-    from ..data.manifests import sha256_of
+    from ..files import sha256_of
 
     path = Path(path)
     data = _load(path)
@@ -323,12 +323,12 @@ def adapter_model(checkpoint: AuthorsCheckpoint, backbone_overrides: dict[str, A
     model.to_empty(device="cpu")
     cfg = model.pretrained_cfg
     model.weights_source = {"kind": "hub", **{k: cfg[k] for k in ("hf_hub_id", "url") if cfg.get(k)}}
-    generators = {id(m.generator): m.generator for m in model.modules() if isinstance(m, WeGeFTLinear)}
-    (generator,) = generators.values()  # shared=True and one target: one (phi, psi)
+    found = {id(m.projections): m.projections for m in model.modules() if isinstance(m, WeGeFTLinear)}
+    (projections,) = found.values()  # shared=True and one target: one (phi, psi)
     head = model.get_classifier()
     pairs = [
-        (generator.phi, checkpoint.phi, f"{IN}{checkpoint.projection_key}.weight"),
-        (generator.psi, checkpoint.psi, f"{OUT}{checkpoint.projection_key}.weight"),
+        (projections.phi, checkpoint.phi, f"{IN}{checkpoint.projection_key}.weight"),
+        (projections.psi, checkpoint.psi, f"{OUT}{checkpoint.projection_key}.weight"),
         (head.weight, checkpoint.head_weight, HEAD[0]),
         (head.bias, checkpoint.head_bias, HEAD[1]),
     ]

@@ -1,21 +1,21 @@
 """HuggingFace `peft` methods (optional extra, `pip install -e ".[peft]"`) behind this toolkit's method contract.
 
-`PeftConfig(kind="dora", options={...})` builds the `peft` config of that kind (`KINDS` maps our names to a peft type
+`HFPeftConfig(kind="dora", options={...})` builds the `peft` config of that kind (`KINDS` maps our names to a peft type
 and its fixed options; any other peft type is reachable by its own name, e.g. kind="fourierft") and injects it in
 place with the method's tuner class, so methods with state shared by layers (VeRA, VB-LoRA) work as well; the head
 stays trainable (`inject`), the adapter file holds peft's trainable tensors under their module names, and `merge` /
-`unmerge` use peft's per-layer merge, with unmerge restoring the very pretrained tensors.
+`unmerge` use peft's per-layer merge, with unmerge restoring the very pretrained tensors. What this needs of peft
+beyond its documented API is in `peft_compat.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import warnings
 from typing import Any, ClassVar
 
 from torch import nn
 
+from . import peft_compat
 from .base import MethodConfig
 
 # our name -> (peft type, options fixed by the name, defaults for a ViT's attn.proj)
@@ -32,20 +32,8 @@ KINDS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
 ADAPTER = "default"
 
 
-def peft_available() -> bool:
-    return importlib.util.find_spec("peft") is not None
-
-
-def _require_peft():
-    if not peft_available():
-        raise ValueError('method "peft" needs the HuggingFace peft library: pip install -e ".[peft]"')
-    import peft
-
-    return peft
-
-
 @dataclasses.dataclass
-class PeftConfig(MethodConfig):
+class HFPeftConfig(MethodConfig):
     """A `peft` method on the linear layers named by `targets`.
 
     Args:
@@ -75,30 +63,23 @@ class PeftConfig(MethodConfig):
 
     def peft_config(self):
         """The `peft` config object this config describes."""
-        peft = _require_peft()
-        from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
-
+        peft = peft_compat.require_peft()
+        classes = peft_compat.config_classes()
         peft_type, fixed, defaults = KINDS.get(self.kind, (self.kind.upper(), {}, {}))
-        if peft_type not in {str(t.value) for t in PEFT_TYPE_TO_CONFIG_MAPPING}:
-            known = sorted(set(KINDS) | {str(t.value).lower() for t in PEFT_TYPE_TO_CONFIG_MAPPING})
+        if peft_type not in classes:
+            known = sorted(set(KINDS) | {name.lower() for name in classes})
             raise ValueError(f"peft: unknown kind {self.kind!r} (peft {peft.__version__}); known: {known}")
         options = {**defaults, **(self.options or {}), **fixed, "target_modules": list(self.targets)}
         try:
-            return PEFT_TYPE_TO_CONFIG_MAPPING[peft.PeftType(peft_type)](**options)
+            return classes[peft_type](**options)
         except (TypeError, ValueError) as err:
             raise ValueError(f"peft: {self.kind} does not take options {options}: {err}") from err
 
     def apply(self, model: nn.Module) -> None:
-        from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
-
-        config = self.peft_config()
-        with warnings.catch_warnings():  # BOFT tries to build a CUDA extension and says so; its fallback is exact
-            warnings.filterwarnings("ignore", message="Failed to load the CUDA extension")
-            warnings.filterwarnings("ignore", message="Setting boft_n_butterfly_factor to 1")
-            PEFT_TYPE_TO_TUNER_MAPPING[config.peft_type](model, config, ADAPTER)  # injects in place
+        peft_compat.inject(model, self.peft_config(), ADAPTER)
 
     def merge_model(self, model: nn.Module) -> None:
-        for layer in _tuner_layers(model):
+        for layer in peft_compat.tuner_layers(model):
             base = layer.get_base_layer()
             if not layer.merged:
                 base._pretrained_weight = base.weight.data
@@ -106,19 +87,8 @@ class PeftConfig(MethodConfig):
                 layer.merge(adapter_names=[ADAPTER])
 
     def unmerge_model(self, model: nn.Module) -> None:
-        for layer in _tuner_layers(model):
+        for layer in peft_compat.tuner_layers(model):
             base = layer.get_base_layer()
             if layer.merged:
                 layer.unmerge()
                 base.weight.data = base.__dict__.pop("_pretrained_weight")  # bit-identical, not W + ΔW - ΔW
-
-
-def _tuner_layers(model: nn.Module) -> list:
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    return [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
-
-
-def default_configs() -> list[tuple[str, PeftConfig]]:
-    """A row per `KINDS` entry for `wegeft-vision params` when peft is installed, else none."""
-    return [(f"peft:{kind}", PeftConfig(kind=kind)) for kind in KINDS] if peft_available() else []

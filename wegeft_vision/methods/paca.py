@@ -15,13 +15,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .generators import GeneratorSpec, L2Norm, TransformerBlock, make_norm
+from .g_theta import GThetaSpec, L2Norm, TransformerBlock, make_norm
 
 
 class PaCaAttention(nn.Module):
     """Attention from the N parameter tokens to M clusters of them."""
 
-    def __init__(self, spec: GeneratorSpec) -> None:
+    def __init__(self, spec: GThetaSpec) -> None:
         super().__init__()
         if spec.rank % spec.heads:
             raise ValueError(f"paca: rank {spec.rank} is not divisible by {spec.heads} heads")
@@ -54,14 +54,14 @@ class PaCaAttention(nn.Module):
 class PaCaBlock(TransformerBlock):
     """The full pre-norm Transformer block with PaCa attention (authors' `pamcat_transformer`)."""
 
-    def __init__(self, spec: GeneratorSpec) -> None:
+    def __init__(self, spec: GThetaSpec) -> None:
         super().__init__(spec, attn=PaCaAttention(spec))
 
 
 class PaCaAttnBlock(nn.Module):
     """The attention-only block (authors' `pamcat_attn`): g(Z) = Z + PaCa(n(Z))."""
 
-    def __init__(self, spec: GeneratorSpec) -> None:
+    def __init__(self, spec: GThetaSpec) -> None:
         super().__init__()
         self.norm = make_norm(spec.norm, spec.rank)
         self.attn = PaCaAttention(spec)

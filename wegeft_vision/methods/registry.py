@@ -1,4 +1,7 @@
-"""The known methods by name, and configs to and from plain dicts (the JSON sidecar, YAML configs)."""
+"""The known methods by name, and configs to and from plain dicts (the JSON sidecar, YAML configs).
+
+Former option and class names (`legacy.py`) are read as today's, so files written by earlier versions still load.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ from .base import MethodConfig
 from .bitfit import BitFitConfig
 from .fact import FacTTKConfig, FacTTTConfig
 from .genft import GenFTConfig
-from .hf_peft import PeftConfig
+from .hf_peft import HFPeftConfig
+from .legacy import RENAMED_CLASSES, current_options
 from .lora import LoRAConfig, SharedLoRAConfig
 from .probe import FullFinetuneConfig, LinearProbeConfig
 from .vpt import VPTConfig
@@ -23,16 +27,18 @@ METHODS: dict[str, type[MethodConfig]] = {
     for cls in (WeGeFTConfig, LoRAConfig, BitFitConfig, VPTConfig, LinearProbeConfig, FullFinetuneConfig)
 }
 # The methods compared with WeGeFT under the same recipe.
-METHODS.update({cls.method: cls for cls in (SharedLoRAConfig, GenFTConfig, FacTTTConfig, FacTTKConfig, PeftConfig)})
+METHODS.update({cls.method: cls for cls in (SharedLoRAConfig, GenFTConfig, FacTTTConfig, FacTTKConfig, HFPeftConfig)})
 
 
 def config_from_dict(data: dict[str, Any]) -> MethodConfig:
-    """Build a method config from `{"method": name, **fields}`; unknown names or fields are errors."""
+    """Build a method config from `{"method": name, **fields}`; unknown names or fields are errors, former field names
+    (`legacy.RENAMED_OPTIONS`) are read as today's."""
     data = dict(data)
     name = data.pop("method", None)
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; known: {sorted(METHODS)}")
     cls = METHODS[name]
+    data = current_options(name, data)
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - fields)
     if unknown:
@@ -51,6 +57,7 @@ def config_from_spec(data: dict[str, Any], source: str = "method config") -> Met
         return config_from_dict(data)
     by_class = {cls.__name__: cls for cls in METHODS.values()}
     class_name = str(data["class_path"]).rsplit(".", 1)[-1]
+    class_name = RENAMED_CLASSES.get(class_name, class_name)
     if class_name not in by_class:
         raise ValueError(f"{source}: unknown class_path {data['class_path']!r}; known: {sorted(by_class)}")
     try:

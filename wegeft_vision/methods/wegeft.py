@@ -1,15 +1,16 @@
-"""WeGeFT: W_hat = W + (alpha / r) * f_psi(g(f_phi(W))) (Savadikar, Song & Wu, ICML 2025).
+"""WeGeFT: W_hat = W + (alpha / r) * f_psi(g_theta(f_phi(W))) (Savadikar, Song & Wu, ICML 2025).
 
 d_in form:  W_hat = W + (alpha / r) * W @ phi @ psi,      phi (d_in, r),  psi (r, d_in)
 d_out form: W_hat = W + (alpha / r) * (phi @ psi).T @ W,  phi (d_out, r), psi (r, d_out)
 
-One (phi, psi) pair serves every targeted layer of the same shape (WeGeFT) or each layer owns one (WeGeFT-Sep).
-g is the identity by default; the non-linear g of the ablations (`generators.py`) and GIFT v1's PaCa (`paca.py`) act
-on the N = d_out (d_in form) or d_in (d_out form) parameter tokens of width r. Three compute paths give the same output:
-- "activation" (identity g, no active dropout): d_in  x_hat = x + s (x psi^T) phi^T, y = x_hat W^T + b;
-                                               d_out z = x W^T, y = z + s (z phi) psi + b.
+One (phi, psi) pair, the `WeGeFTProjections`, serves every targeted layer of the same shape (WeGeFT) or each layer owns
+one (WeGeFT-Sep). g_theta is the identity by default; the non-linear g_theta of the ablations (`g_theta.py`) and
+GIFT v1's PaCa (`paca.py`) act on the N = d_out (d_in form) or d_in (d_out form) parameter tokens of width r. Three
+compute paths give the same output:
+- "activation" (identity g_theta, no active dropout): d_in  x_hat = x + s (x psi^T) phi^T, y = x_hat W^T + b;
+                                                     d_out z = x W^T, y = z + s (z phi) psi + b.
   Only (tokens x r) work per layer, no d x d matrix: LoRA's cost.
-- "factored" (any g, dropout on W as in Eq. 13): Z = g(D(W) phi) (d_out, r), y = x W^T + b + s (x psi^T) Z^T
+- "factored" (any g_theta, dropout on W as in Eq. 13): Z = g(D(W) phi) (d_out, r), y = x W^T + b + s (x psi^T) Z^T
   (d_out form: Z = g(phi^T D(W)) (r, d_in), y = x W^T + b + s (x Z^T) psi).
 - "weight": rebuild W_hat every step and apply it; the naive reference, and what `merge` folds in.
 """
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import AdapterLinear, TargetedConfig, find_linear_targets, replace_module
-from .generators import BLOCKS, NORMS, GeneratorSpec
+from .g_theta import BLOCKS, NORMS, GThetaSpec
 from .input_side import input_side_linear
 from .paca import PACA_BLOCKS
 
@@ -34,7 +35,7 @@ Variant = Literal["d_in", "d_out"]
 Compute = Literal["auto", "activation", "factored", "weight"]
 
 # g_theta acting on the compressed weight as N tokens of width r; non-linear ones are ablations (Table 8) or GIFT v1.
-GENERATORS: dict[str, Callable[[GeneratorSpec], nn.Module]] = {**BLOCKS, **PACA_BLOCKS}
+G_THETA: dict[str, Callable[[GThetaSpec], nn.Module]] = {**BLOCKS, **PACA_BLOCKS}
 
 
 @dataclasses.dataclass
@@ -48,14 +49,14 @@ class WeGeFTConfig(TargetedConfig):
         shared: one (phi, psi) per weight shape across layers; False gives WeGeFT-Sep (one pair per layer).
         dropout: dropout on W before f_phi (Eq. 13); needs the factored path while training.
         init: "psi_zero" (authors' code: psi zeros, phi Kaiming-uniform) or "phi_zero" (paper appendix D.6).
-        generator: name of g_theta in `GENERATORS`: identity, sigmoid, relu, gelu, mlp, transformer, mixer, paca,
+        g_theta: name of g_theta in `G_THETA`: identity, sigmoid, relu, gelu, mlp, transformer, mixer, paca,
             paca_attn (one g_theta per (phi, psi) pair, i.e. shared like them).
-        generator_per_layer: one g_theta per targeted layer while (phi, psi) stay shared, as the authors' code builds
+        g_theta_per_layer: one g_theta per targeted layer while (phi, psi) stay shared, as the authors' code builds
             the hypernets of a fused qkv target (`_init_gift_for_merged_modules`); their single-module path, the
             default here, shares one.
-        generator_norm: the blocks' token norm: "l2" (authors' default), "ln" or "none".
-        generator_ratio: hidden width of the blocks' channel MLPs, as a multiple of r.
-        generator_heads: attention heads of the transformer and PaCa blocks.
+        g_theta_norm: the blocks' token norm: "l2" (authors' default), "ln" or "none".
+        g_theta_ratio: hidden width of the blocks' channel MLPs, as a multiple of r.
+        g_theta_heads: attention heads of the transformer and PaCa blocks.
         num_clusters: M, the clusters of PaCa.
         num_mixed_tokens: hidden width of the mixer's token-mixing MLP.
         compute: "auto" picks "activation" when it is exact, else "factored"; see the module docstring.
@@ -69,12 +70,12 @@ class WeGeFTConfig(TargetedConfig):
     shared: bool = True
     dropout: float = 0.0
     init: Literal["psi_zero", "phi_zero"] = "psi_zero"
-    generator: str = "identity"
-    generator_per_layer: bool = False
+    g_theta: str = "identity"
+    g_theta_per_layer: bool = False
     compute: Compute = "auto"
-    generator_norm: str = "l2"
-    generator_ratio: float = 2.0
-    generator_heads: int = 1
+    g_theta_norm: str = "l2"
+    g_theta_ratio: float = 2.0
+    g_theta_heads: int = 1
     num_clusters: int = 64
     num_mixed_tokens: int = 64
 
@@ -86,84 +87,77 @@ class WeGeFTConfig(TargetedConfig):
             raise ValueError(f"wegeft: variant must be 'd_in' or 'd_out', got {self.variant!r}")
         if self.init not in ("psi_zero", "phi_zero"):
             raise ValueError(f"wegeft: init must be 'psi_zero' or 'phi_zero', got {self.init!r}")
-        if self.generator not in GENERATORS:
-            raise ValueError(f"wegeft: unknown generator {self.generator!r}; known: {sorted(GENERATORS)}")
-        if self.generator_norm not in NORMS:
-            raise ValueError(f"wegeft: generator_norm must be one of {NORMS}, got {self.generator_norm!r}")
-        for name in ("generator_heads", "num_clusters", "num_mixed_tokens"):
+        if self.g_theta not in G_THETA:
+            raise ValueError(f"wegeft: unknown g_theta {self.g_theta!r}; known: {sorted(G_THETA)}")
+        if self.g_theta_norm not in NORMS:
+            raise ValueError(f"wegeft: g_theta_norm must be one of {NORMS}, got {self.g_theta_norm!r}")
+        for name in ("g_theta_heads", "num_clusters", "num_mixed_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"wegeft: {name} must be a positive integer, got {value!r}")
-        if not self.generator_ratio > 0 or self.rank % self.generator_heads:
+        if not self.g_theta_ratio > 0 or self.rank % self.g_theta_heads:
             raise ValueError(
-                f"wegeft: generator_ratio must be positive ({self.generator_ratio!r}) and rank divisible by "
-                f"generator_heads ({self.rank} by {self.generator_heads})"
+                f"wegeft: g_theta_ratio must be positive ({self.g_theta_ratio!r}) and rank divisible by "
+                f"g_theta_heads ({self.rank} by {self.g_theta_heads})"
             )
-        if not isinstance(self.generator_per_layer, bool):
-            raise ValueError(f"wegeft: generator_per_layer must be true or false, got {self.generator_per_layer!r}")
+        if not isinstance(self.g_theta_per_layer, bool):
+            raise ValueError(f"wegeft: g_theta_per_layer must be true or false, got {self.g_theta_per_layer!r}")
         if self.compute not in ("auto", "activation", "factored", "weight"):
             raise ValueError(f"wegeft: compute must be auto|activation|factored|weight, got {self.compute!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"wegeft: dropout must be in [0, 1), got {self.dropout!r}")
-        if self.compute == "activation" and (self.generator != "identity" or self.dropout > 0):
-            raise ValueError("wegeft: compute='activation' is exact only with the identity generator and dropout 0")
+        if self.compute == "activation" and (self.g_theta != "identity" or self.dropout > 0):
+            raise ValueError("wegeft: compute='activation' is exact only with the identity g_theta and dropout 0")
 
     @property
     def scale(self) -> float:
         return (self.rank if self.alpha is None else self.alpha) / self.rank
 
     def apply(self, model: nn.Module) -> None:
-        shared: dict[tuple[int, int], WeGeFTGenerator] = {}
-        own_g = self.generator_per_layer and self.shared
+        shared: dict[tuple[int, int], tuple[WeGeFTProjections, nn.Module | None]] = {}
+        per_layer = self.g_theta_per_layer and self.shared
         for name, linear in find_linear_targets(model, self.targets, self.layers):
             shape = tuple(linear.weight.shape)
             dim, tokens = linear.in_features, linear.out_features
             if self.variant == "d_out":
                 dim, tokens = tokens, dim
             where = dict(device=linear.weight.device, dtype=linear.weight.dtype)
-            generator = shared.get(shape) if self.shared else None
-            if generator is None:
-                generator = WeGeFTGenerator(dim, self, tokens=tokens, with_g=not own_g, **where)
-                shared[shape] = generator
-            g = build_g(self, tokens, **where) if own_g else None
-            replace_module(model, name, WeGeFTLinear(linear, generator, self.compute, g=g))
+            if not self.shared or shape not in shared:
+                # built before phi is initialized: seeded runs draw as in earlier versions
+                g_theta = None if per_layer else build_g_theta(self, tokens, **where)
+                shared[shape] = WeGeFTProjections(dim, self, **where), g_theta
+            projections, g_theta = shared[shape]
+            if per_layer:
+                g_theta = build_g_theta(self, tokens, **where)
+            replace_module(model, name, WeGeFTLinear(linear, projections, g_theta, self.compute))
 
 
-def build_g(config: WeGeFTConfig, tokens: int, device=None, dtype=None) -> nn.Module:
-    """The g_theta named by `config.generator`, for `tokens` parameter tokens of width r."""
-    spec = GeneratorSpec(
+def build_g_theta(config: WeGeFTConfig, tokens: int, device=None, dtype=None) -> nn.Module:
+    """The g_theta named by `config.g_theta`, for `tokens` parameter tokens of width r."""
+    spec = GThetaSpec(
         rank=config.rank,
         tokens=tokens,
-        norm=config.generator_norm,
-        ratio=config.generator_ratio,
-        heads=config.generator_heads,
+        norm=config.g_theta_norm,
+        ratio=config.g_theta_ratio,
+        heads=config.g_theta_heads,
         clusters=config.num_clusters,
         mixed_tokens=config.num_mixed_tokens,
     )
-    return GENERATORS[config.generator](spec).to(device=device, dtype=dtype)
+    return G_THETA[config.g_theta](spec).to(device=device, dtype=dtype)
 
 
-class WeGeFTGenerator(nn.Module):
-    """The trainable part, phi (dim, r) and psi (r, dim), and the map from W to ΔW.
+class WeGeFTProjections(nn.Module):
+    """The projections phi (dim, r) and psi (r, dim) with the dropout on W, and the map from W to ΔW through a g_theta.
 
-    It owns the g_theta it applies unless built `with_g=False` (`generator_per_layer`): each layer then passes its own.
+    Shared by the layers of one weight shape unless WeGeFT-Sep; g_theta belongs to the layers (`WeGeFTLinear`).
     """
 
-    def __init__(
-        self,
-        dim: int,
-        config: WeGeFTConfig,
-        tokens: int | None = None,
-        device=None,
-        dtype=None,
-        with_g: bool = True,
-    ) -> None:
+    def __init__(self, dim: int, config: WeGeFTConfig, device=None, dtype=None) -> None:
         super().__init__()
         self.variant = config.variant
         self.scale = config.scale
         self.phi = nn.Parameter(torch.zeros(dim, config.rank, device=device, dtype=dtype))
         self.psi = nn.Parameter(torch.zeros(config.rank, dim, device=device, dtype=dtype))
-        self.g = build_g(config, dim if tokens is None else tokens, device, dtype) if with_g else None
         self.weight_dropout = nn.Dropout(config.dropout)
         # The transposes are nn.Linear(dim, r).weight and nn.Linear(r, dim).weight: use their default init.
         if config.init == "psi_zero":
@@ -171,23 +165,22 @@ class WeGeFTGenerator(nn.Module):
         else:
             nn.init.kaiming_uniform_(self.psi.data.T, a=math.sqrt(5))
 
-    def exact_in_activation_space(self, g: nn.Module | None = None) -> bool:
-        """Whether ΔW is linear in W right now (identity g, no active dropout), so x·ΔWᵀ needs no d × d work."""
+    def exact_in_activation_space(self, g_theta: nn.Module) -> bool:
+        """Whether ΔW is linear in W right now (identity g_theta, no active dropout), so x·ΔWᵀ needs no d × d work."""
         dropout_active = self.training and self.weight_dropout.p > 0
-        return isinstance(self.g if g is None else g, nn.Identity) and not dropout_active
+        return isinstance(g_theta, nn.Identity) and not dropout_active
 
-    def compressed_weight(self, weight: torch.Tensor, dropout: bool = True, g: nn.Module | None = None) -> torch.Tensor:
-        """g(f_phi(W)): (d_out, r) for d_in, (r, d_in) for d_out; `g` is a layer's own g_theta, else the shared one."""
-        g = self.g if g is None else g
+    def compressed_weight(self, weight: torch.Tensor, g_theta: nn.Module, dropout: bool = True) -> torch.Tensor:
+        """g_theta(f_phi(W)): (d_out, r) for d_in, (r, d_in) for d_out."""
         if dropout:
             weight = self.weight_dropout(weight)
         if self.variant == "d_in":
-            return g(weight @ self.phi)  # (d_out, r): d_out tokens
-        return g((self.phi.T @ weight).T).T  # tokens are the d_in columns
+            return g_theta(weight @ self.phi)  # (d_out, r): d_out tokens
+        return g_theta((self.phi.T @ weight).T).T  # tokens are the d_in columns
 
-    def delta_weight(self, weight: torch.Tensor, dropout: bool = True, g: nn.Module | None = None) -> torch.Tensor:
-        """ΔW = f_psi(g(f_phi(W))), shape of W."""
-        compressed = self.compressed_weight(weight, dropout, g)
+    def delta_weight(self, weight: torch.Tensor, g_theta: nn.Module, dropout: bool = True) -> torch.Tensor:
+        """ΔW = f_psi(g_theta(f_phi(W))), shape of W."""
+        compressed = self.compressed_weight(weight, g_theta, dropout)
         delta = compressed @ self.psi if self.variant == "d_in" else self.psi.T @ compressed
         return self.scale * delta
 
@@ -196,52 +189,47 @@ class WeGeFTGenerator(nn.Module):
 
 
 class WeGeFTLinear(AdapterLinear):
-    """A frozen linear layer whose weight is generated as W + ΔW(W) by a (possibly shared) `WeGeFTGenerator`, with
-    the layer's own g_theta `g` (`generator_per_layer`) or, when it is None, the generator's."""
+    """A frozen linear layer whose weight is generated as W + ΔW(W) by (possibly shared) `projections` and `g_theta`
+    (shared like them, or the layer's own with `g_theta_per_layer`)."""
 
     def __init__(
-        self, base: nn.Linear, generator: WeGeFTGenerator, compute: Compute = "auto", g: nn.Module | None = None
+        self, base: nn.Linear, projections: WeGeFTProjections, g_theta: nn.Module, compute: Compute = "auto"
     ) -> None:
         super().__init__(base)
-        self.generator = generator
+        self.projections = projections
+        self.g_theta = g_theta
         self.compute = compute
-        self.g = g
-
-    @property
-    def g_theta(self) -> nn.Module:
-        """The g_theta this layer applies."""
-        return self.generator.g if self.g is None else self.g
 
     def delta_weight(self) -> torch.Tensor:
-        return self.generator.delta_weight(self.weight, dropout=False, g=self.g)
+        return self.projections.delta_weight(self.weight, self.g_theta, dropout=False)
 
     def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
         path = self.compute
         if path == "auto":
-            path = "activation" if self.generator.exact_in_activation_space(self.g) else "factored"
+            path = "activation" if self.projections.exact_in_activation_space(self.g_theta) else "factored"
         if path == "activation":
             return self._activation_forward(x)
         if path == "factored":
             return self._factored_forward(x)
-        weight = self.base.weight + self.generator.delta_weight(self.base.weight, g=self.g)
+        weight = self.base.weight + self.projections.delta_weight(self.base.weight, self.g_theta)
         return F.linear(x, weight, self.base.bias)
 
     def _activation_forward(self, x: torch.Tensor) -> torch.Tensor:
-        gen, scale = self.generator, self.generator.scale
-        if gen.variant == "d_in":
-            return input_side_linear(x, gen.phi, gen.psi, self.base.weight, self.base.bias, scale)
+        proj, scale = self.projections, self.projections.scale
+        if proj.variant == "d_in":
+            return input_side_linear(x, proj.phi, proj.psi, self.base.weight, self.base.bias, scale)
         z = F.linear(x, self.base.weight)  # (..., d_out)
-        y = torch.add(z, F.linear(F.linear(z, gen.phi.T), gen.psi.T), alpha=scale)
+        y = torch.add(z, F.linear(F.linear(z, proj.phi.T), proj.psi.T), alpha=scale)
         return y if self.base.bias is None else y + self.base.bias
 
     def _factored_forward(self, x: torch.Tensor) -> torch.Tensor:
-        gen = self.generator
-        compressed = gen.compressed_weight(self.base.weight, g=self.g)
-        if gen.variant == "d_in":
-            update = F.linear(F.linear(x, gen.psi), compressed)  # (..., r) -> (..., d_out)
+        proj = self.projections
+        compressed = proj.compressed_weight(self.base.weight, self.g_theta)
+        if proj.variant == "d_in":
+            update = F.linear(F.linear(x, proj.psi), compressed)  # (..., r) -> (..., d_out)
         else:
-            update = F.linear(F.linear(x, compressed), gen.psi.T)  # (..., r) -> (..., d_out)
-        return torch.add(self.base(x), update, alpha=gen.scale)
+            update = F.linear(F.linear(x, compressed), proj.psi.T)  # (..., r) -> (..., d_out)
+        return torch.add(self.base(x), update, alpha=proj.scale)
 
     def extra_repr(self) -> str:
         return f"compute={self.compute}, merged={self.merged}"

@@ -28,6 +28,7 @@ from ..methods import (
     save_adapter,
     trainable_parameters,
 )
+from ..methods.legacy import current_tensor_name
 
 MATMUL_PRECISIONS = ("highest", "high", "medium")
 
@@ -225,6 +226,19 @@ class ClassificationModule(L.LightningModule):
         keep = {f"{prefix}network.{name}" for name in trainable_parameters(self.network)}
         full = super().state_dict(*args, **kwargs)
         return type(full)((k, v) for k, v in full.items() if k in keep)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Map the tensor names of checkpoints written before WeGeFT's parts were renamed (`methods.legacy`), and
+        refuse a checkpoint that lacks a trainable tensor (loading is not strict: the frozen backbone is not saved)."""
+        state = checkpoint["state_dict"]
+        expected = set(self.state_dict())
+        for name in [name for name in state if name not in expected]:
+            current = "network." + current_tensor_name(self.method.method, name.removeprefix("network."), 1)
+            if current in expected:
+                state[current] = state.pop(name)
+        missing = sorted(expected - set(state))
+        if missing:
+            raise ValueError(f"the checkpoint lacks {len(missing)} trainable tensor(s) of the model, e.g. {missing[0]}")
 
     def save_adapter(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Write the adapter (safetensors + JSON sidecar) with the training settings in the sidecar."""

@@ -1,7 +1,7 @@
 """PaCa cluster pictures: which weight rows (output channels) each of the M learned clusters gathers, per layer.
 
-The assignment C = sigmoid(Z A^T + a)^T / N (M, N) and the attention P (heads, N, M) of a PaCa generator depend on the
-layer's weights only (Z = W·φ), not on any image, so they are read by running the generator once per layer.
+The assignment C = sigmoid(Z A^T + a)^T / N (M, N) and the attention P (heads, N, M) of a PaCa g_theta depend on the
+layer's weights only (Z = W·φ), not on any image, so they are read by running the g_theta once per layer.
 """
 
 from __future__ import annotations
@@ -44,12 +44,12 @@ def paca_clusters(model: nn.Module) -> dict[str, PaCaClusters]:
     for name, layer in model.named_modules():
         if not isinstance(layer, WeGeFTLinear) or (attn := _paca(layer)) is None:
             continue
-        if layer.generator.variant != "d_in":
+        if layer.projections.variant != "d_in":
             raise ValueError(f"{name}: cluster pictures need the 'd_in' form (tokens = weight rows)")
         attn.record = True
         try:
             with torch.no_grad():
-                layer.generator.compressed_weight(layer.weight, dropout=False, g=layer.g)
+                layer.projections.compressed_weight(layer.weight, layer.g_theta, dropout=False)
         finally:
             attn.record = False
         assignment = (attn.last_assignment * attn.last_assignment.shape[-1]).float().cpu().numpy()  # (M, N)
@@ -87,9 +87,7 @@ def save_paca_clusters(model: nn.Module, folder: str | Path) -> list[Path]:
     """For each PaCa layer, `<folder>/<layer>.png` (the figure) and `<layer>.npz` (assignment, attention, order)."""
     found = paca_clusters(model)
     if not found:
-        raise ValueError(
-            "no PaCa layer in this model: --clusters needs an adapter with generator 'paca' or 'paca_attn'"
-        )
+        raise ValueError("no PaCa layer in this model: --clusters needs an adapter with g_theta 'paca' or 'paca_attn'")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []

@@ -69,20 +69,20 @@ def _select(model: nn.Module, layers: Sequence[int] | None) -> dict[int, tuple[W
     selected = {}
     for i in chosen:
         layer, prompts = _projection(blocks[i])
-        if layer.generator.variant != "d_in":
+        if layer.projections.variant != "d_in":
             raise ValueError(
-                f"block {i}: {TARGET} uses WeGeFT's {layer.generator.variant!r} form; cluster heatmaps need the 'd_in' "
-                "form, whose C = W·φ is a (d_out × r) head over the output tokens"
+                f"block {i}: {TARGET} uses WeGeFT's {layer.projections.variant!r} form; cluster heatmaps need the "
+                "'d_in' form, whose C = W·φ is a (d_out × r) head over the output tokens"
             )
         selected[i] = (layer, prompts)
     return selected
 
 
 def cluster_head(layer: WeGeFTLinear) -> torch.Tensor:
-    """C = W·φ, (d_out, r), with W the frozen pretrained weight (also while merged) and φ the layer's generator."""
-    if layer.generator.variant != "d_in":
-        raise ValueError(f"C = W·φ needs WeGeFT's 'd_in' form, got {layer.generator.variant!r}")
-    return layer.weight @ layer.generator.phi
+    """C = W·φ, (d_out, r), with W the frozen pretrained weight (also while merged) and φ the layer's projection."""
+    if layer.projections.variant != "d_in":
+        raise ValueError(f"C = W·φ needs WeGeFT's 'd_in' form, got {layer.projections.variant!r}")
+    return layer.weight @ layer.projections.phi
 
 
 def _grid(model: nn.Module, num_patches: int, grid_size: int | Sequence[int] | None) -> tuple[int, int]:

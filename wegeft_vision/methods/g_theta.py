@@ -1,4 +1,4 @@
-"""The non-linear g_theta of WeGeFT's ablations (Table 8) and GIFT v1, acting on the compressed weight Z = f_phi(W).
+"""WeGeFT's g_theta blocks (identity, and the ablations of Table 8), acting on the compressed weight Z = f_phi(W).
 
 Z holds N parameter tokens of width r (N = d_out rows of W @ phi in the d_in form). With n(.) the block norm
 (default: L2 normalization of each token, as in the authors' GIFT code):
@@ -22,7 +22,7 @@ NORMS = ("l2", "ln", "none")
 
 
 @dataclasses.dataclass(frozen=True)
-class GeneratorSpec:
+class GThetaSpec:
     """What a g_theta block is built from.
 
     Args:
@@ -58,7 +58,7 @@ def make_norm(name: str, dim: int) -> nn.Module:
         return nn.LayerNorm(dim)
     if name == "none":
         return nn.Identity()
-    raise ValueError(f"generator norm must be one of {NORMS}, got {name!r}")
+    raise ValueError(f"g_theta norm must be one of {NORMS}, got {name!r}")
 
 
 class Mlp(nn.Sequential):
@@ -71,7 +71,7 @@ class Mlp(nn.Sequential):
 class MLPBlock(nn.Module):
     """g(Z) = Z + MLP(n(Z))."""
 
-    def __init__(self, spec: GeneratorSpec) -> None:
+    def __init__(self, spec: GThetaSpec) -> None:
         super().__init__()
         self.norm = make_norm(spec.norm, spec.rank)
         self.mlp = Mlp(spec.rank, int(spec.rank * spec.ratio))
@@ -86,7 +86,7 @@ class SelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         if dim % heads:
-            raise ValueError(f"generator: rank {dim} is not divisible by {heads} heads")
+            raise ValueError(f"g_theta: rank {dim} is not divisible by {heads} heads")
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -101,7 +101,7 @@ class SelfAttention(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-norm Transformer block: Z' = Z + Attn(n(Z)), g(Z) = Z' + MLP(n(Z')); `attn` may be replaced (PaCa)."""
 
-    def __init__(self, spec: GeneratorSpec, attn: nn.Module | None = None) -> None:
+    def __init__(self, spec: GThetaSpec, attn: nn.Module | None = None) -> None:
         super().__init__()
         self.norm1 = make_norm(spec.norm, spec.rank)
         self.attn = SelfAttention(spec.rank, spec.heads) if attn is None else attn
@@ -116,7 +116,7 @@ class TransformerBlock(nn.Module):
 class MixerBlock(nn.Module):
     """MLP-Mixer block: token mixing over the N tokens (hidden `mixed_tokens`), then channel mixing over r."""
 
-    def __init__(self, spec: GeneratorSpec) -> None:
+    def __init__(self, spec: GThetaSpec) -> None:
         super().__init__()
         self.norm1 = make_norm(spec.norm, spec.rank)
         self.token_mlp = Mlp(spec.tokens, spec.mixed_tokens)
@@ -128,14 +128,14 @@ class MixerBlock(nn.Module):
         return z + self.channel_mlp(self.norm2(z))
 
 
-def _activation(act: type[nn.Module]) -> Callable[[GeneratorSpec], nn.Module]:
-    def build(spec: GeneratorSpec) -> nn.Module:
+def _activation(act: type[nn.Module]) -> Callable[[GThetaSpec], nn.Module]:
+    def build(spec: GThetaSpec) -> nn.Module:
         return act()
 
     return build
 
 
-BLOCKS: dict[str, Callable[[GeneratorSpec], nn.Module]] = {
+BLOCKS: dict[str, Callable[[GThetaSpec], nn.Module]] = {
     "identity": _activation(nn.Identity),
     "sigmoid": _activation(nn.Sigmoid),
     "relu": _activation(nn.ReLU),

@@ -18,7 +18,7 @@ from torch import nn
 
 from wegeft_vision.methods import WeGeFTConfig, WeGeFTLinear, config_from_yaml, count_trainable, inject
 
-GENERATORS = ["sigmoid", "relu", "gelu", "mlp", "transformer", "mixer", "paca", "paca_attn"]
+G_THETAS = ["sigmoid", "relu", "gelu", "mlp", "transformer", "mixer", "paca", "paca_attn"]
 RANK, HEADS, DIM = 4, 2, 32  # tiny ViT: embed 32, attn.proj is 32 x 32
 
 
@@ -89,13 +89,13 @@ def reference_deltas(name: str, heads: int):
         for layer_name, layer in model.named_modules():
             if not isinstance(layer, WeGeFTLinear):
                 continue
-            gen, g, w = layer.generator, layer.g_theta, layer.base.weight.detach()
-            phi, psi = gen.phi.detach(), gen.psi.detach()
-            if gen.variant == "d_in":
+            proj, g, w = layer.projections, layer.g_theta, layer.base.weight.detach()
+            phi, psi = proj.phi.detach(), proj.psi.detach()
+            if proj.variant == "d_in":
                 delta = reference_g(name, g, w @ phi, heads) @ psi
             else:
                 delta = psi.T @ reference_g(name, g, (phi.T @ w).T, heads).T
-            deltas[layer_name] = gen.scale * delta
+            deltas[layer_name] = proj.scale * delta
         return deltas
 
     return reference
@@ -124,67 +124,70 @@ def expected_count(
 # ------------------------------------------------------------------ tests
 
 
-@pytest.mark.parametrize("name", GENERATORS)
+@pytest.mark.parametrize("name", G_THETAS)
 def test_contract_and_delta_weight_match_the_formula(name, tmp_path):
-    config = WeGeFTConfig(rank=RANK, alpha=6.0, generator=name, generator_heads=HEADS)
+    config = WeGeFTConfig(rank=RANK, alpha=6.0, g_theta=name, g_theta_heads=HEADS)
     model = check_contract(
         config, tmp_path, expected_count(name, RANK, DIM, DIM), reference_deltas(name, HEADS), zero_init=True
     )
-    assert not isinstance(model.blocks[0].attn.proj.generator.g, nn.Identity)
+    layers = [block.attn.proj for block in model.blocks]
+    assert not isinstance(layers[0].g_theta, nn.Identity) and all(m.g_theta is layers[0].g_theta for m in layers)
 
 
 @pytest.mark.parametrize("name", ["mlp", "mixer", "paca"])
 def test_one_g_per_layer_with_shared_phi_psi(name, tmp_path):
-    """generator_per_layer: the authors' fused-qkv arrangement, (phi, psi) shared by the 3 layers, g_theta per layer."""
-    config = WeGeFTConfig(rank=RANK, generator=name, generator_heads=HEADS, generator_per_layer=True)
+    """g_theta_per_layer: the authors' fused-qkv arrangement, (phi, psi) shared by the 3 layers, g_theta per layer."""
+    config = WeGeFTConfig(rank=RANK, g_theta=name, g_theta_heads=HEADS, g_theta_per_layer=True)
     count = expected_count(name, RANK, DIM, DIM, g_copies=3)
     model = check_contract(config, tmp_path, count, reference_deltas(name, HEADS))
     layers = [block.attn.proj for block in model.blocks]
-    assert len({id(layer.generator) for layer in layers}) == 1 and layers[0].generator.g is None
+    assert len({id(layer.projections) for layer in layers}) == 1
     assert len({id(layer.g_theta) for layer in layers}) == 3
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     auto = model(x)
     for layer in layers:
         layer.compute = "weight"
     torch.testing.assert_close(model(x), auto, rtol=1e-10, atol=1e-10)
-    sep = WeGeFTConfig(rank=RANK, generator=name, shared=False, generator_per_layer=True)
+    sep = WeGeFTConfig(rank=RANK, g_theta=name, shared=False, g_theta_per_layer=True)
     assert count_trainable(inject(make_tiny_vit(), sep)) == 3 * expected_count(name, RANK, DIM, DIM)
-    with pytest.raises(ValueError, match="generator_per_layer must be true or false, got 'yes'"):
-        WeGeFTConfig(generator=name, generator_per_layer="yes")
+    with pytest.raises(ValueError, match="g_theta_per_layer must be true or false, got 'yes'"):
+        WeGeFTConfig(g_theta=name, g_theta_per_layer="yes")
 
 
 @pytest.mark.parametrize("name", ["sigmoid", "mixer", "paca"])
 def test_d_out_form_and_other_targets(name, tmp_path):
     # d_out form: tokens are the d_in columns; mlp.fc1 (64 x 32): N = 32, phi (64, r)
-    config = WeGeFTConfig(rank=RANK, variant="d_out", generator=name, targets=("mlp.fc1",), num_clusters=8)
+    config = WeGeFTConfig(rank=RANK, variant="d_out", g_theta=name, targets=("mlp.fc1",), num_clusters=8)
     count = expected_count(name, RANK, 64, 32, clusters=8)
     check_contract(config, tmp_path, count, reference_deltas(name, 1))
 
 
-@pytest.mark.parametrize("name", GENERATORS)
+@pytest.mark.parametrize("name", G_THETAS)
 def test_factored_and_weight_paths_agree(name, tiny_vit64, images):
-    factored = inject(clone(tiny_vit64), WeGeFTConfig(rank=RANK, generator=name, compute="factored"))
+    factored = inject(clone(tiny_vit64), WeGeFTConfig(rank=RANK, g_theta=name, compute="factored"))
     randomize_trainable(factored)
-    weight = inject(clone(tiny_vit64), WeGeFTConfig(rank=RANK, generator=name, compute="weight"))
+    weight = inject(clone(tiny_vit64), WeGeFTConfig(rank=RANK, g_theta=name, compute="weight"))
     weight.load_state_dict(factored.state_dict())
-    auto = inject(clone(tiny_vit64), WeGeFTConfig(rank=RANK, generator=name))
+    auto = inject(clone(tiny_vit64), WeGeFTConfig(rank=RANK, g_theta=name))
     auto.load_state_dict(factored.state_dict())
     x = images.double()
     torch.testing.assert_close(factored(x), weight(x), rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(auto(x), weight(x), rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("name", GENERATORS)
-def test_only_generator_tensors_and_head_get_gradients(name, images):
-    model = inject(make_tiny_vit(), WeGeFTConfig(rank=RANK, generator=name))
+@pytest.mark.parametrize("name", G_THETAS)
+def test_only_wegeft_tensors_and_head_get_gradients(name, images):
+    model = inject(make_tiny_vit(), WeGeFTConfig(rank=RANK, g_theta=name))
     randomize_trainable(model)
     model.train()
     model(images).logsumexp(-1).sum().backward()
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
-    assert {"blocks.0.attn.proj.generator.phi", "blocks.0.attn.proj.generator.psi", "head.weight"} <= with_grad
-    assert all(n.startswith(("blocks.0.attn.proj.generator.", "head.")) for n in with_grad)
+    assert {"blocks.0.attn.proj.projections.phi", "blocks.0.attn.proj.projections.psi", "head.weight"} <= with_grad
+    assert all(
+        n.startswith(("blocks.0.attn.proj.projections.", "blocks.0.attn.proj.g_theta.", "head.")) for n in with_grad
+    )
     if name not in ("sigmoid", "relu", "gelu"):
-        assert any(".generator.g." in n for n in with_grad)
+        assert any(".g_theta." in n for n in with_grad)
 
 
 def test_table_8_counts_on_vit_b16():
@@ -193,11 +196,11 @@ def test_table_8_counts_on_vit_b16():
     with torch.device("meta"):
         base = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=100)
     counts = {
-        name: count_trainable(inject(copy.deepcopy(base), WeGeFTConfig(generator=name)))
-        for name in ["identity", *GENERATORS]
+        name: count_trainable(inject(copy.deepcopy(base), WeGeFTConfig(g_theta=name)))
+        for name in ["identity", *G_THETAS]
     }
     assert counts == {
-        name: expected_count(name, 16, 768, 768) for name in ["identity", *GENERATORS]
+        name: expected_count(name, 16, 768, 768) for name in ["identity", *G_THETAS]
     }  # formula and modules agree
     assert counts["identity"] == counts["sigmoid"] == counts["relu"] == counts["gelu"] == 24_576
     assert counts["mlp"] == 25_648
@@ -205,15 +208,15 @@ def test_table_8_counts_on_vit_b16():
     assert counts["mixer"] == 124_784  # 0.125M
     assert counts["paca"] == 27_824 and counts["paca_attn"] == 26_752
     # the closest arrangement of the authors' code to the table's MLP row: one MLP per layer, (phi, psi) shared
-    per_layer = count_trainable(inject(copy.deepcopy(base), WeGeFTConfig(generator="mlp", generator_per_layer=True)))
+    per_layer = count_trainable(inject(copy.deepcopy(base), WeGeFTConfig(g_theta="mlp", g_theta_per_layer=True)))
     assert per_layer == expected_count("mlp", 16, 768, 768, g_copies=12) == 37_440
     # the README's claim: no sharing, norm or MLP ratio of the authors' switches (plus our LayerNorm) rounds to 0.036M
-    mlp_config = functools.partial(WeGeFTConfig, generator="mlp")
+    mlp_config = functools.partial(WeGeFTConfig, g_theta="mlp")
     arrangements = {
         (per_layer, norm, ratio): count_trainable(
             inject(
                 copy.deepcopy(base),
-                mlp_config(generator_per_layer=per_layer, generator_norm=norm, generator_ratio=ratio),
+                mlp_config(g_theta_per_layer=per_layer, g_theta_norm=norm, g_theta_ratio=ratio),
             )
         )
         for per_layer in (False, True)
@@ -229,34 +232,34 @@ def test_table_8_counts_on_vit_b16():
     }
 
 
-@pytest.mark.parametrize("name", GENERATORS)
+@pytest.mark.parametrize("name", G_THETAS)
 def test_presets_load(name):
     config = config_from_yaml(f"configs/method/wegeft_{name}.yaml")
-    assert config == WeGeFTConfig(generator=name)
+    assert config == WeGeFTConfig(g_theta=name)
 
 
 def test_per_layer_mlp_preset_loads():
     config = config_from_yaml("configs/method/wegeft_mlp_per_layer.yaml")
-    assert config == WeGeFTConfig(generator="mlp", generator_per_layer=True)
+    assert config == WeGeFTConfig(g_theta="mlp", g_theta_per_layer=True)
 
 
 def test_norm_options_and_config_errors(tiny_vit, images):
     for norm in ("ln", "none"):
-        model = inject(clone(tiny_vit), WeGeFTConfig(rank=RANK, generator="mlp", generator_norm=norm))
+        model = inject(clone(tiny_vit), WeGeFTConfig(rank=RANK, g_theta="mlp", g_theta_norm=norm))
         randomize_trainable(model)
         assert model(images).isfinite().all()
-    ln = inject(clone(tiny_vit), WeGeFTConfig(rank=RANK, generator="mlp", generator_norm="ln"))
+    ln = inject(clone(tiny_vit), WeGeFTConfig(rank=RANK, g_theta="mlp", g_theta_norm="ln"))
     assert count_trainable(ln) == expected_count("mlp", RANK, DIM, DIM) + 2 * RANK
-    with pytest.raises(ValueError, match="unknown generator 'swish'"):
-        WeGeFTConfig(generator="swish")
-    with pytest.raises(ValueError, match="generator_norm"):
-        WeGeFTConfig(generator="mlp", generator_norm="batch")
+    with pytest.raises(ValueError, match="unknown g_theta 'swish'"):
+        WeGeFTConfig(g_theta="swish")
+    with pytest.raises(ValueError, match="g_theta_norm"):
+        WeGeFTConfig(g_theta="mlp", g_theta_norm="batch")
     with pytest.raises(ValueError, match="num_clusters"):
-        WeGeFTConfig(generator="paca", num_clusters=0)
+        WeGeFTConfig(g_theta="paca", num_clusters=0)
     with pytest.raises(ValueError, match="divisible"):
-        WeGeFTConfig(rank=5, generator="transformer", generator_heads=2)
+        WeGeFTConfig(rank=5, g_theta="transformer", g_theta_heads=2)
     with pytest.raises(ValueError, match="exact only with the identity"):
-        WeGeFTConfig(generator="mlp", compute="activation")
+        WeGeFTConfig(g_theta="mlp", compute="activation")
 
 
 # ------------------------------------------------------------------ the protocol presets name them
@@ -273,7 +276,7 @@ def test_presets_give_every_variant_wegefts_grid(preset):
     wegeft = loaded.methods["wegeft"]
     for name, label in LABELS.items():
         grid = loaded.methods[label]
-        assert config_from_yaml(grid.config) == WeGeFTConfig(generator=name)
+        assert config_from_yaml(grid.config) == WeGeFTConfig(g_theta=name)
         assert (grid.lr, grid.weight_decay) == (wegeft.lr, wegeft.weight_decay)
     assert {"wegeft", *LABELS.values()} <= set(loaded.methods)
 
@@ -323,13 +326,13 @@ def test_every_variant_trains_in_the_smoke_protocol(tmp_path):
         assert int(finals[label]["params"]) == expected_count(name, 16, 32, 32)
 
 
-def test_params_command_lists_every_variant():
-    from wegeft_vision.cli.params import ROWS
+def test_catalogue_names_every_variant():
+    from wegeft_vision.methods import VARIANTS
 
-    rows = dict(ROWS)
+    configs = {variant.label: variant.config() for variant in VARIANTS}
     labels = {"sigmoid": "WeGeFT-sigmoid", "relu": "WeGeFT-ReLU", "gelu": "WeGeFT-GELU", "mlp": "WeGeFT-MLP"}
     labels |= {"transformer": "WeGeFT-Transformer", "mixer": "WeGeFT-MLP-Mixer"}
     labels |= {"paca": "GIFT-PaCa", "paca_attn": "GIFT-PaCa-attn"}
     for name, label in labels.items():
-        assert rows[label] == WeGeFTConfig(generator=name)
-    assert rows["WeGeFT-MLP (one per layer)"] == WeGeFTConfig(generator="mlp", generator_per_layer=True)
+        assert configs[label] == WeGeFTConfig(g_theta=name)
+    assert configs["WeGeFT-MLP (one per layer)"] == WeGeFTConfig(g_theta="mlp", g_theta_per_layer=True)
