@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from wegeft_vision.backbones import DEFAULT_BACKBONE
-from wegeft_vision.data import BenchmarkDataModule, backbone_data_config, write_synthetic
+from wegeft_vision.backbones import DEFAULT_BACKBONE, data_config
+from wegeft_vision.data import BenchmarkDataModule, write_synthetic
 
 
 def parse_args() -> argparse.Namespace:
@@ -59,7 +59,7 @@ def epoch_rate(module: BenchmarkDataModule, epochs: int, device: str) -> float:
 
 def main() -> None:
     args = parse_args()
-    config = backbone_data_config(args.backbone)
+    config = data_config(args.backbone)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

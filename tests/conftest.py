@@ -61,25 +61,23 @@ def fake_hub_cache(cache: Path, repo_id: str, tensors: dict[str, torch.Tensor]) 
 
 
 def smoke_final_spec(root: Path, **changes):
-    """A final WeGeFT run of the smoke preset on the synthetic shapes task under `root`; `changes`: RunSpec fields."""
+    """A final WeGeFT run of the smoke preset on the synthetic shapes task under `root`; `changes`: `RunConfig`
+    fields (stage, stop_epoch, overrides, devices, ...)."""
+    from wegeft_vision.data.lookup import find_task
     from wegeft_vision.protocol.preset import load_preset
     from wegeft_vision.protocol.runs import RunSpec
+    from wegeft_vision.training.run_config import RunConfig
 
     preset = load_preset("smoke")
+    task = find_task("vtab-1k", "synthetic_shape", root)
     fields = dict(
-        benchmark="vtab-1k",
-        task="synthetic_shape",
-        method="wegeft",
-        method_config=str(preset.methods["wegeft"].config),
+        recipe=preset.fit_config,
+        method=preset.methods["wegeft"].config,
+        data=task.data_arguments(),
         stage="final",
         lr=5e-3,
         weight_decay=1e-4,
         seed=0,
-        fit_config=str(preset.fit_config),
-        data_root=str(root),
-        search_epochs=2,
-        preset="smoke",
-        fingerprint=preset.fingerprint(),
-        manifest=str(root / "synthetic_shape" / "manifest.yaml"),
     )
-    return RunSpec(**{**fields, **changes})
+    config = RunConfig(**{**fields, **changes})
+    return RunSpec("vtab-1k", task.name, "wegeft", "smoke", preset.fingerprint(), config, task.identity())

@@ -23,7 +23,7 @@ from wegeft_vision.backbones import (
     weights_source,
 )
 from wegeft_vision.data.glyphs import HELD_OUT_STREAM, GlyphSet
-from wegeft_vision.data.manifests import sha256_of
+from wegeft_vision.files import sha256_of
 
 
 def test_local_weights_file_is_loaded_and_head_replaced(tmp_path):

@@ -13,7 +13,8 @@ import yaml
 
 from wegeft_vision.demo.pixels import pixel_logistic_regression
 from wegeft_vision.demo.tasks import TEXTURES, write_digits, write_textures
-from wegeft_vision.protocol.report import build_tables, plot_points, read_results
+from wegeft_vision.protocol.report import build_tables, read_results
+from wegeft_vision.protocol.report_files import plot_points
 
 METHODS = {"wegeft", "lora", "bitfit", "linear", "linear_random"}
 

@@ -215,7 +215,7 @@ def test_unknown_method_is_refused(tmp_path, capsys):
     [
         (["--set", "model.lr=0.5"], "--set model.lr=0.5: every run sets model.lr from the grid's lr"),
         (["--set", "data.root=/x"], "--set data.root='/x': every run sets data.root from --data-root"),
-        (["--set", "model.lrr=0.5"], "does not parse: unrecognized arguments: --model.lrr=0.5"),
+        (["--set", "model.lrr=0.5"], "does not parse: Group 'model' does not accept option 'lrr'"),
         (["--precision", "17"], 'does not parse: Parser key "trainer.precision"'),
         (["--set", "data.batch_size=many"], "Parser key \"data.batch_size\": Expected a <class 'int'>"),
         (["--data-root", "/no/such/root"], "--data-root /no/such/root does not exist"),

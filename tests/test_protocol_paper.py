@@ -126,7 +126,7 @@ def test_dry_run_needs_no_data_and_writes_nothing_else(tmp_path):
 def test_a_search_run_records_its_last_and_best_validation_epochs(tmp_path):
     root = tmp_path / "data"
     write_synthetic(root, "shape", {"train800": 48, "val200": 16, "test": 24}, size=32)
-    spec = smoke_final_spec(root, stage="search", search_epochs=3, overrides={"model.warmup_epochs": 0})
+    spec = smoke_final_spec(root, stage="search", stop_epoch=3, overrides={"model.warmup_epochs": 0})
     row = train_run(spec, tmp_path / "out")
     run_dir = spec.run_dir(tmp_path / "out")
     with (run_dir / "metrics.csv").open() as handle:

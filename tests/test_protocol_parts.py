@@ -216,3 +216,49 @@ def test_a_torn_checkpoint_restarts_the_run(task_root, tmp_path):
     last.parent.mkdir(parents=True)
     last.write_bytes(b"PK\x03\x04 cut short")  # what a kill in the middle of a checkpoint write leaves
     assert train_run(spec, tmp_path / "torn")["top1"] == whole["top1"]
+
+
+@pytest.mark.parametrize("stages", [("search", "final"), ("search",)])
+def test_a_worker_command_parses_back_into_its_request(tmp_path, stages):
+    """Workers are `wegeft-vision protocol|search` processes: their command line, parsed as the CLI parses it, is the
+    very request they were started for (recipe settings of every YAML type included)."""
+    import argparse
+
+    from wegeft_vision.cli import protocol as protocol_cli
+    from wegeft_vision.protocol.launch import Request
+    from wegeft_vision.protocol.workers import worker_command
+
+    overrides = {
+        "model.warmup_lr": 1e-07,
+        "trainer.precision": "bf16-mixed",
+        "data.cache_dir": str(tmp_path / "a cache: here"),
+        "model.pretrained": False,
+        "model.weights": None,
+        "model.backbone_overrides": {"img_size": 32, "depth": 2},
+        "data.preset": "true",
+    }
+    request = Request(
+        preset=tmp_path / "preset.yaml",
+        out=tmp_path / "out",
+        benchmark="fgvc",
+        tasks=["cub", str(tmp_path / "mine")],
+        methods=["wegeft", "lora"],
+        seeds=[0, 3],
+        data_root=tmp_path / "data",
+        splits_dir=tmp_path / "splits",
+        storage="journal:/tmp/x.log",
+        overrides=overrides,
+        final_includes_val=False,
+        stages=stages,
+        devices=2,
+        progress=False,
+        poll=0.25,
+        heartbeat=7,
+        checkpoint_every=3,
+    )
+    command = worker_command(request)
+    assert command[0] == ("protocol" if "final" in stages else "search")
+    parser = argparse.ArgumentParser()
+    protocol_cli.add_parser(parser)
+    args = parser.parse_args(command[1:])
+    assert args.worker and protocol_cli.request_of(args, stages) == replace(request, preset=str(request.preset))

@@ -9,7 +9,8 @@ import pytest
 
 from wegeft_vision.cli import main
 from wegeft_vision.data.registry import FGVC_DATASETS, VTAB_TASKS
-from wegeft_vision.protocol.report import build_tables, plot_points, read_results, render_markdown, write_report
+from wegeft_vision.protocol.report import build_tables, read_results
+from wegeft_vision.protocol.report_files import plot_points, render_markdown, write_report
 
 COLUMNS = ["benchmark", "task", "method", "stage", "lr", "weight_decay", "seed", "epochs", "top1", "params"]
 COLUMNS += ["backbone", "preset", "notes", "group", "weights"]  # notes: an extra column the report ignores

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from wegeft_vision.data import FGVC_DATASETS, VTAB_TASKS, load_manifest, read_manifest, sha256_of, write_manifest
-from wegeft_vision.data.manifests import REPO_MANIFEST_DIR, manifest_path
+from wegeft_vision.data.manifests import BUNDLED_MANIFEST_DIR, manifest_path
 
 from .conftest import FGVC_REFERENCE
 
@@ -14,7 +14,7 @@ COMMIT = "f0cb80cb4db413ecd108dd7e74fef27105eb6b97"
 
 
 def test_one_manifest_per_task_and_dataset():
-    names = sorted(p.stem for p in REPO_MANIFEST_DIR.glob("*.yaml"))
+    names = sorted(p.stem for p in BUNDLED_MANIFEST_DIR.glob("*.yaml"))
     expected = sorted([f"vtab1k_{t}" for t in VTAB_TASKS] + [f"fgvc_{d}" for d in FGVC_DATASETS])
     assert names == expected
 

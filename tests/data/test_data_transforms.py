@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from wegeft_vision.backbones import data_config
-from wegeft_vision.data import backbone_data_config, preprocessing
+from wegeft_vision.data import preprocessing
 
 from .conftest import TINY_CONFIG
 
-VIT_CONFIG = backbone_data_config("vit_base_patch16_224.augreg_in21k")
+VIT_CONFIG = data_config("vit_base_patch16_224.augreg_in21k")
 
 
 def test_paper_preset_from_the_backbone_config(tiny_vit):
@@ -59,4 +59,4 @@ def test_errors():
     with pytest.raises(ValueError, match="data config lacks mean"):
         preprocessing("paper", {k: v for k, v in TINY_CONFIG.items() if k != "mean"})
     with pytest.raises(ValueError, match="timm has no pretrained config for 'vit_nope'"):
-        backbone_data_config("vit_nope")
+        data_config("vit_nope")

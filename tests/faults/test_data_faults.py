@@ -31,8 +31,9 @@ from wegeft_vision.data import (
     write_manifest,
 )
 from wegeft_vision.data import cache as cache_module
-from wegeft_vision.data.check import check_folder
+from wegeft_vision.data.check import check_task
 from wegeft_vision.data.images import MAX_PIXELS_ENV, inspect_image, verify_image
+from wegeft_vision.data.tasks import open_task
 
 # -- tiny datasets ---------------------------------------------------------------------------------------------------
 
@@ -377,7 +378,7 @@ def test_pixel_limit_from_pil_and_from_the_environment(tmp_path, monkeypatch, ca
 def test_folder_of_ones_own_and_the_cache_key(tmp_path, capsys, monkeypatch):
     folder = make_vtab(tmp_path)
     Image.fromarray(ramp_16_bit(6, 8)).save(folder / "images" / "val200" / "1.png")
-    report = check_folder(folder)
+    report = check_task(open_task(folder))
     assert report.ok and [p.kind for p in report.warnings] == ["16-bit image"] * 2  # val200, train800val200
     samples = [(folder / "images" / "val200" / "1.png", 0)]
     key = cache_module.cache_key("d", "s", 8, "g", samples)

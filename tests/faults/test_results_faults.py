@@ -17,8 +17,9 @@ import pytest
 
 import wegeft_vision
 from wegeft_vision.cli import main
-from wegeft_vision.protocol.files import WriteError, write_atomic
-from wegeft_vision.protocol.report import build_tables, read_results, render_markdown
+from wegeft_vision.files import WriteError, write_atomic
+from wegeft_vision.protocol.report import build_tables, read_results
+from wegeft_vision.protocol.report_files import render_markdown
 from wegeft_vision.protocol.results import COLUMNS, TornRowWarning, append_rows, read_rows
 
 PACKAGE = str(Path(wegeft_vision.__file__).parent)
@@ -195,7 +196,7 @@ import json, resource, signal, sys, types
 package = types.ModuleType("wegeft_vision")  # skip the package's __init__, which imports torch (seconds)
 package.__path__ = [sys.argv[1]]
 sys.modules["wegeft_vision"] = package
-from wegeft_vision.protocol.files import WriteError, write_atomic
+from wegeft_vision.files import WriteError, write_atomic
 from wegeft_vision.protocol.results import append_rows
 results, other, limit = sys.argv[2], sys.argv[3], int(sys.argv[4])
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG instead of killing

@@ -5,11 +5,6 @@ Knows nothing of adapters; `methods` edits what this returns.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import pickle
-import re
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +12,11 @@ import timm
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from timm.data import resolve_model_data_config
-from timm.models import clean_state_dict
+from timm.data import resolve_data_config, resolve_model_data_config
+from timm.models import clean_state_dict, get_pretrained_cfg
 from torch import nn
 
-from ..data.manifests import sha256_of
+from ..files import UnreadableFile, UnsafePickle, safe_torch_load, sha256_of
 from . import mini_vit
 
 # The authors' choice for the vision experiments (ImageNet-21k, AugReg); `vit_base_patch16_224.orig_in21k` is the
@@ -31,9 +26,6 @@ DEFAULT_BACKBONE = "vit_base_patch16_224.augreg_in21k"
 
 WeightsSource = dict[str, Any]  # {"kind": "hub" | "shipped" | "file" | "random", ...}; JSON-ready
 
-# What a PyTorch weights file may hold besides tensors, containers and numbers: timm training checkpoints (and the
-# WeGeFT authors' released ones) keep their command-line arguments as an `argparse.Namespace`.
-SAFE_GLOBALS = (argparse.Namespace,)
 _CHECKPOINT_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")  # where timm looks, EMA weights first
 
 
@@ -103,35 +95,6 @@ def create_backbone(
         return model
     model.weights_source = _loaded_source(model.pretrained_cfg)
     return model
-
-
-class UnsafePickle(ValueError):
-    """A PyTorch file whose pickle asks for objects beyond tensors, containers, numbers and `SAFE_GLOBALS`."""
-
-
-class UnreadableFile(ValueError):
-    """A file the PyTorch reader cannot read (damaged, or another format)."""
-
-
-def safe_torch_load(path: str | Path) -> Any:
-    """`torch.load(weights_only=True)` on the CPU with `SAFE_GLOBALS` allowed: nothing stored in the file runs.
-
-    Raises:
-        UnsafePickle: the pickle asks for another object (its message: which one).
-        UnreadableFile: the file does not read (its message: the reader's first line).
-    """
-    try:
-        allowed = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5; before, tensors only
-        with warnings.catch_warnings(), allowed(list(SAFE_GLOBALS)) if allowed else contextlib.nullcontext():
-            warnings.simplefilter("ignore")  # e.g. the pickle protocol of a file written by pickle, not torch.save
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"WeightsUnpickler error: ([^\n]*?)(?: Please use|\n|$)", str(err))
-        raise UnsafePickle(
-            found.group(1).strip() if found and found.group(1).strip() else "objects other than tensors"
-        ) from err
-    except Exception as err:  # whatever a damaged or foreign file makes the reader raise
-        raise UnreadableFile(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__) from err
 
 
 def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -259,13 +222,28 @@ def backbone_tag(model: nn.Module) -> str:
     return f"{arch}.{tag}" if tag else arch
 
 
-def data_config(model: nn.Module) -> dict[str, Any]:
-    """Input size, interpolation, mean and std stored with the model's pretrained weights.
+def data_config(backbone: nn.Module | str, img_size: int | None = None) -> dict[str, Any]:
+    """Input size, interpolation, mean and std stored with a backbone's pretrained weights: the one place a data config
+    is computed.
 
-    The input size is the model's own (`patch_embed.img_size`) when it was built with another `img_size`.
+    Args:
+        backbone: a timm model (its pretrained config; the input size is the model's own `patch_embed.img_size`
+            when it was built with another `img_size`), or `architecture[.tag]` (the tag's pretrained config, read
+            without building anything).
+        img_size: the `img_size` a named backbone is built with (`model.backbone_overrides`), if not its default.
+
+    Raises:
+        ValueError: timm knows no pretrained config of that name.
     """
-    config = resolve_model_data_config(model)
-    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
-    if img_size is not None:
-        config["input_size"] = (config["input_size"][0], *img_size)
+    if isinstance(backbone, str):
+        cfg = get_pretrained_cfg(backbone)
+        if cfg is None:
+            raise ValueError(f"timm has no pretrained config for {backbone!r}; expected architecture[.tag]")
+        config = resolve_data_config(pretrained_cfg=cfg.to_dict())
+        size = (img_size, img_size) if img_size else None
+    else:
+        config = resolve_model_data_config(backbone)
+        size = getattr(getattr(backbone, "patch_embed", None), "img_size", None)
+    if size is not None:
+        config["input_size"] = (config["input_size"][0], *size)
     return config

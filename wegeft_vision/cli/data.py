@@ -6,11 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..data import check, fetch_fgvc_splits, parse_target, synthetic
-from ..data.folders import is_folder_ref
-from ..data.registry import FGVC, FGVC_DATASETS, VTAB_TASKS
-
-HELP = "list, fetch, check or generate benchmark data (VTAB-1k, FGVC, synthetic shapes)"
+SYNTHETIC_TASKS = ("shape", "colour", "position", "count")  # `data.synthetic.TASKS`, without importing the data package
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +42,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
     syn = sub.add_parser("synthetic", help="write the synthetic shapes data in the VTAB-1k layout")
     syn.add_argument("--out", type=Path, required=True, help="VTAB-1k root to write synthetic_<task>/ into")
-    syn.add_argument("--task", action="append", choices=list(synthetic.TASKS), help="label task (repeatable)")
+    syn.add_argument("--task", action="append", choices=SYNTHETIC_TASKS, help="label task (repeatable)")
     syn.add_argument("--size", type=int, default=64, help="image side in pixels")
     syn.add_argument("--train", type=int, default=800, help="scenes in train800")
     syn.add_argument("--val", type=int, default=200, help="scenes in val200")
@@ -55,6 +51,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def _list() -> int:
+    from ..data.registry import FGVC_DATASETS, VTAB_TASKS
+
     print(f"{'vtab-1k task':<22} {'group':<12} {'classes':>7} {'test':>7}  aliases")
     for t in VTAB_TASKS.values():
         print(f"{t.name:<22} {t.group:<12} {t.num_classes:>7} {t.test_size:>7,}  {', '.join(t.aliases)}")
@@ -67,6 +65,9 @@ def _list() -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from ..data import check, parse_target
+    from ..data.folders import is_folder_ref
+
     if not is_folder_ref(args.target):
         parse_target(args.target, strict=args.manifest is None)
     if args.workers is not None and args.workers < 1:
@@ -95,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
     if args.data_command == "list":
         return _list()
     if args.data_command == "fetch-splits":
+        from ..data import fetch_fgvc_splits, parse_target
+        from ..data.registry import FGVC
+
         benchmark, name = parse_target(args.target, strict=args.manifest is None)
         if benchmark != FGVC:
             raise ValueError(f"fetch-splits handles fgvc/<dataset>; {args.target} ships no split files to fetch")
@@ -103,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.data_command == "check":
         return _check(args)
+    from ..data import synthetic
+
     counts = {"train800": args.train, "val200": args.val, "test": args.test}
     for task in args.task or ["shape"]:
         folder = synthetic.write_synthetic(args.out, task, counts, size=args.size, seed=args.seed)

@@ -6,10 +6,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..methods.authors_checkpoint import import_authors_checkpoint
-
-HELP = "convert an adapter checkpoint of the authors' code (last.pth.tar) into an adapter file with its sidecar"
-
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path, metavar="FILE", help="the authors' checkpoint (last.pth.tar)")
@@ -19,6 +15,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..methods.authors_checkpoint import import_authors_checkpoint
+
     path, checkpoint = import_authors_checkpoint(args.checkpoint, args.out)
     config = checkpoint.config()
     metric = "none recorded" if checkpoint.metric is None else f"{checkpoint.metric:.2f}"

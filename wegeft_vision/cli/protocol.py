@@ -12,7 +12,6 @@ run on N GPUs with DDP instead (with `--gpus`, one worker per group of N GPUs).
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,9 +22,6 @@ if TYPE_CHECKING:  # Optuna, SQLAlchemy and Lightning load only when a protocol 
     from ..protocol.launch import Request
 
 STAGES = ("search", "final")
-
-HELP = "run the search-then-final protocol (search, selection on val, final on test) and append to OUT/results.csv"
-SEARCH_HELP = "run search workers only (the grid of each task x method x seed) against a shared study storage"
 
 
 def _list(values: list[str] | None) -> list[str] | None:
@@ -122,28 +118,20 @@ def request_of(args: argparse.Namespace, stages: tuple[str, ...]) -> Request:
 
 
 def run(args: argparse.Namespace, stages: tuple[str, ...] = STAGES) -> int:
-    from ..protocol.launch import pin, prepare, prepare_plan
-    from ..protocol.workers import gpu_groups, spawn_workers
+    from ..protocol import launch
 
+    request = request_of(args, stages)
     if args.dry_run:
         from ..protocol.plan import plan_runs, summary, write_plan
 
-        runs = plan_runs(prepare_plan(request_of(args, stages)))
+        runs = plan_runs(launch.prepare_plan(request))
         print(summary(runs))
         print(f"wrote {write_plan(runs, args.out)}")
         return 0
-
-    if args.workers < 1:
-        raise ValueError(f"--workers should be at least 1, got {args.workers}")
-    groups = gpu_groups(args.gpus, args.devices)
-    protocol = prepare(request_of(args, stages))  # every input checked: nothing written yet but synthetic tasks
-    pin(protocol)
     try:
-        if (args.workers > 1 or groups) and not args.worker:
-            protocol.storage  # noqa: B018 - the schema created once, before the workers race to create it
-            return spawn_workers(args.argv, args.workers, groups)
-        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-        return protocol.run()
+        if args.worker:  # one of the processes of `--workers`/`--gpus`: trains here
+            return launch.run(request)
+        return launch.run(request, args.workers, args.gpus)
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -7,11 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ..data.registry import STAGES
-from ..protocol.report import build_tables, read_results, render_markdown, write_tables
-from ..protocol.results import TornRowWarning
-
-HELP = "tabulate results.csv files: Markdown and CSV tables and an accuracy-vs-parameters plot per benchmark"
+from .protocol import STAGES
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +22,10 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..protocol.report import build_tables, read_results
+    from ..protocol.report_files import render_markdown, write_tables
+    from ..protocol.results import TornRowWarning
+
     with warnings.catch_warnings(record=True) as caught:  # torn rows (a crash mid-write): skipped, one line each
         warnings.simplefilter("always", TornRowWarning)
         rows = read_results(args.results)

@@ -4,8 +4,7 @@ Start one per GPU or machine against a shared storage (`--storage postgresql://.
 e.g. from a SLURM array; then `wegeft-vision protocol` with the same options selects and runs the finals.
 """
 
-from .protocol import SEARCH_HELP as HELP
 from .protocol import add_parser
 from .protocol import run_search as run
 
-__all__ = ["HELP", "add_parser", "run"]
+__all__ = ["add_parser", "run"]

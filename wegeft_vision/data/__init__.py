@@ -1,4 +1,5 @@
-"""Benchmark data: the VTAB-1k/FGVC registry, both on-disk formats, split manifests, checks, presets, cache, synthetic.
+"""Benchmark data: tasks (one object per dataset on disk, whatever its layout), the VTAB-1k/FGVC registry, the on-disk
+formats, split manifests, checks, preprocessing presets, the decoded cache, synthetic data.
 
 `BenchmarkDataModule` (Lightning) is imported on first use, so importing this package does not import Lightning.
 """
@@ -7,12 +8,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..files import sha256_of
 from .cache import CachedDataset, CachedSplit, DecodedCache, cache_key
-from .check import PROBLEM_KINDS, CheckReport, Problem, SplitReport, check, check_fgvc, check_vtab1k
+from .check import PROBLEM_KINDS, CheckReport, Problem, SplitReport, check, check_fgvc, check_task, check_vtab1k
 from .fetch import fetch_fgvc_splits
 from .fgvc import FGVCSplits, load_fgvc_splits
 from .images import ImageListDataset, read_image, verify_image
-from .manifests import Manifest, SplitEntry, load_manifest, read_manifest, sha256_of, write_manifest
+from .lookup import find_task, locate_task, task_refs
+from .manifests import Manifest, SplitEntry, load_manifest, read_manifest, write_manifest
 from .registry import (
     FGVC,
     FGVC_DATASETS,
@@ -28,7 +31,8 @@ from .registry import (
     vtab_task,
 )
 from .synthetic import Scene, render_scene, write_synthetic
-from .transforms import PRESETS, Preprocessing, backbone_data_config, preprocessing, tf_bilinear_resize
+from .tasks import Task, open_task, task_manifest
+from .transforms import PRESETS, Preprocessing, preprocessing, tf_bilinear_resize
 from .vtab1k import load_vtab1k_split, read_split_file, task_dir, write_split_file
 
 if TYPE_CHECKING:
@@ -66,17 +70,21 @@ __all__ = [
     "Scene",
     "SplitEntry",
     "SplitReport",
+    "Task",
     "VTABTask",
-    "backbone_data_config",
     "cache_key",
     "check",
     "check_fgvc",
+    "check_task",
     "check_vtab1k",
     "fetch_fgvc_splits",
     "fgvc_dataset",
+    "find_task",
     "load_fgvc_splits",
     "load_manifest",
     "load_vtab1k_split",
+    "locate_task",
+    "open_task",
     "parse_target",
     "preprocessing",
     "protocol_splits",
@@ -86,6 +94,8 @@ __all__ = [
     "render_scene",
     "sha256_of",
     "task_dir",
+    "task_manifest",
+    "task_refs",
     "tf_bilinear_resize",
     "verify_image",
     "vtab_task",

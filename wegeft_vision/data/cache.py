@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..files import atomic_path, write_atomic
 from .images import DECODER_VERSION, read_image
 
 Samples = Sequence[tuple[Path, int]]
@@ -119,23 +120,22 @@ class DecodedCache:
     def _build(self, path, meta_path, key, samples, geometry, size, dataset, split, geometry_name) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         shape = (len(samples), 3, size, size)
-        tmp = path.with_suffix(f".u8.{os.getpid()}.part")  # workers may build the same entry at once
-        store = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape) if len(samples) else None
+        with atomic_path(path) as tmp:  # workers may build the same entry at once: each writes its own file
+            store = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape) if len(samples) else None
 
-        def fill(index: int) -> None:
-            image = geometry(read_image(samples[index][0]))
-            if tuple(image.shape) != shape[1:]:
-                raise ValueError(f"{samples[index][0]}: geometry gave {tuple(image.shape)}, expected {shape[1:]}")
-            store[index] = image.numpy()
+            def fill(index: int) -> None:
+                image = geometry(read_image(samples[index][0]))
+                if tuple(image.shape) != shape[1:]:
+                    raise ValueError(f"{samples[index][0]}: geometry gave {tuple(image.shape)}, expected {shape[1:]}")
+                store[index] = image.numpy()
 
-        if store is not None:
-            with ThreadPoolExecutor(max_workers=self.workers) as pool:
-                list(pool.map(fill, range(len(samples))))
-            store.flush()
-            del store
-        else:
-            tmp.write_bytes(b"")
-        tmp.replace(path)
+            if store is not None:
+                with ThreadPoolExecutor(max_workers=self.workers) as pool:
+                    list(pool.map(fill, range(len(samples))))
+                store.flush()
+                del store
+            else:
+                tmp.write_bytes(b"")
         meta = {
             "key": key,
             "dataset": dataset,
@@ -144,9 +144,7 @@ class DecodedCache:
             "shape": list(shape),
             "labels": [int(label) for _, label in samples],
         }
-        meta_tmp = meta_path.with_suffix(f".json.{os.getpid()}.part")
-        meta_tmp.write_text(json.dumps(meta))
-        meta_tmp.replace(meta_path)  # readers see the whole entry or none
+        write_atomic(meta_path, json.dumps(meta))  # readers see the whole entry or none
 
 
 class CachedDataset(Dataset):

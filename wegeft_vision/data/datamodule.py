@@ -13,14 +13,12 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from ..backbones import DEFAULT_BACKBONE
+from ..backbones import data_config as backbone_data_config
 from .cache import CachedDataset, DecodedCache
-from .fgvc import image_dir, load_fgvc_splits
-from .folders import imagefolder_split, is_folder_ref, open_folder
 from .images import ImageListDataset
-from .manifests import Manifest, load_manifest, read_manifest
-from .registry import CUSTOM, IMAGEFOLDER, VTAB1K, parse_target, protocol_splits
-from .transforms import Preprocessing, backbone_data_config, preprocessing
-from .vtab1k import load_vtab1k_split
+from .manifests import Manifest
+from .tasks import Task, open_task
+from .transforms import Preprocessing, preprocessing
 
 Samples = list[tuple[Path, int]]
 
@@ -118,27 +116,15 @@ class BenchmarkDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if is_folder_ref(dataset):
-            if manifest is not None:
-                raise ValueError(f"{dataset} is a task folder with its own manifest.yaml; drop manifest={manifest}")
-            folder = Path(dataset).expanduser()
-            self.manifest: Manifest = open_folder(folder)
-            self.benchmark, self.name, root = CUSTOM, self.manifest.name, folder.parent
-        else:
-            self.benchmark, self.name = parse_target(dataset, strict=manifest is None)
-            self.manifest = read_manifest(manifest) if manifest else load_manifest(dataset)
-        if self.manifest.benchmark != self.benchmark:
-            raise ValueError(f"manifest {manifest} describes a {self.manifest.benchmark} dataset, not {dataset}")
-        if root is None:
-            raise ValueError(f"data root (--data.root) is required for {dataset}")
-        self.format = self.manifest.format
-        self.train_splits, self.eval_split = protocol_splits(self.format, stage, final_includes_val)
+        self.task: Task = open_task(dataset, root, splits_dir, manifest)
+        self.benchmark, self.name = self.task.benchmark, self.task.name
+        self.manifest: Manifest = self.task.manifest
+        self.format = self.task.layout
+        self.train_splits, self.eval_split = self.task.stage_splits(stage, final_includes_val)
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size or 1)):
             if value < 1:
                 raise ValueError(f"{name} should be at least 1, got {value}")
-        self.root = Path(root)
         self.stage = stage
-        self.splits_dir = Path(splits_dir) if splits_dir else self.root
         config = data_config if data_config is not None else backbone_data_config(backbone)
         self.preprocessing: Preprocessing = preprocessing(preset, config, self.format)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
@@ -146,45 +132,27 @@ class BenchmarkDataModule(L.LightningDataModule):
         self.allow_count_mismatch = allow_count_mismatch
         self.cache = DecodedCache(cache_dir) if cache_dir else None
         self.cache_device = cache_device
-        self.class_ids: list = list(range(self.manifest.num_classes))
         self.samples: dict[str, Samples] = {}
         self.datasets: dict[str, Dataset] = {}
 
     @property
-    def num_classes(self) -> int:
-        return len(self.class_ids)
+    def class_ids(self) -> list:
+        """The task's original class ids by label index (FGVC's own ids; else 0 .. n-1)."""
+        return self.task.class_ids
 
-    def _read_split(self, split: str) -> Samples:
-        if self.format == VTAB1K:
-            rel, folder = load_vtab1k_split(self.root, self.manifest.name, split)
-            samples = [(folder / path, label) for path, label in rel]
-            where = folder / self.manifest.splits[split].file
-        elif self.format == IMAGEFOLDER:
-            folder = self.root / self.manifest.name
-            samples = [(folder / rel, label) for rel, label in imagefolder_split(folder, split, self.manifest.classes)]
-            where = folder / split
-        else:
-            loaded = load_fgvc_splits(self.manifest.name, self.splits_dir, splits=(split,))
-            self.class_ids = loaded.class_ids
-            images = image_dir(self.root, self.manifest.name, self.manifest.image_folder)
-            samples = [(images / path, label) for path, label in loaded[split]]
-            where = self.splits_dir / self.manifest.splits[split].file
-        expected = self.manifest.splits[split].count
-        if len(samples) != expected and not self.allow_count_mismatch:
-            raise ValueError(
-                f"{where}: {len(samples):,} entries, expected {expected:,} (pass allow_count_mismatch=True to accept)"
-            )
-        bad = [(p, label) for p, label in samples if label >= self.manifest.num_classes]
-        if bad:
-            raise ValueError(f"{where}: label {bad[0][1]} of {bad[0][0]} is outside 0..{self.manifest.num_classes - 1}")
-        return samples
+    @property
+    def num_classes(self) -> int:
+        return self.task.num_classes
 
     def setup(self, stage: str | None = None) -> None:
         """Read the stage's split files and build its datasets (from the cache where the pipeline allows)."""
         if self.datasets:
             return
-        train = [s for split in self.train_splits for s in self._read_split(split)]
-        self.samples = {"train": train, "eval": self._read_split(self.eval_split)}
+        samples = {split: self.task.samples(split, self.allow_count_mismatch) for split in self.train_splits}
+        self.samples = {
+            "train": [s for split in self.train_splits for s in samples[split]],
+            "eval": self.task.samples(self.eval_split, self.allow_count_mismatch),
+        }
         names = {"train": "+".join(self.train_splits), "eval": self.eval_split}
         for part, samples in self.samples.items():
             is_train = part == "train"

@@ -7,7 +7,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .manifests import Manifest, load_manifest, read_manifest, sha256_of
+from ..files import sha256_of, write_atomic
+from .manifests import Manifest, load_manifest, read_manifest
 from .registry import FGVC
 
 
@@ -59,7 +60,5 @@ def fetch_fgvc_splits(
         if actual != entry.sha256:
             raise ValueError(f"{entry.url}: sha256 {actual}, expected {entry.sha256}; the file was not saved")
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".part")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        write_atomic(path, data)
     return paths

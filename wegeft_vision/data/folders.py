@@ -19,9 +19,10 @@ from typing import Any
 
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
-from .manifests import Manifest, SplitEntry, read_manifest, read_text, sha256_of, write_manifest
+from ..files import sha256_of
+from .manifests import Manifest, SplitEntry, read_manifest, read_text, write_manifest
 from .registry import BENCHMARKS, CUSTOM, IMAGEFOLDER, IMAGEFOLDER_SPLITS, VTAB1K, VTAB_SPLITS
-from .vtab1k import parse_split_file, read_split_file, split_path
+from .vtab1k import parse_split_file
 
 MANIFEST_FILE = "manifest.yaml"
 CLASSES_FILE = "classes.txt"
@@ -85,15 +86,6 @@ def imagefolder_split(folder: str | Path, split: str, classes: tuple[str, ...]) 
     index = {name: classes.index(name) for name in found}
     samples = make_dataset(str(root), index, extensions=IMG_EXTENSIONS, allow_empty=True)
     return [(str(Path(path).relative_to(folder)), label) for path, label in samples]
-
-
-def folder_split(folder: str | Path, split: str) -> list[tuple[str, int]]:
-    """`(path relative to the task folder, class index)` of one split of a task folder, in either layout."""
-    folder = Path(folder).expanduser()
-    manifest = open_folder(folder)
-    if manifest.format == IMAGEFOLDER:
-        return imagefolder_split(folder, split, manifest.classes)
-    return read_split_file(split_path(folder, split))
 
 
 def listing_sha256(samples: list[tuple[str, int]]) -> str:

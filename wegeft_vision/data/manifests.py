@@ -3,24 +3,25 @@ what every split file must be (strict UTF-8 text whose paths stay inside the dat
 
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
 import re
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..files import write_atomic
 from .registry import CUSTOM, FGVC, IMAGEFOLDER, VTAB1K, parse_target, splits_of
 
-REPO_MANIFEST_DIR = Path(__file__).resolve().parents[2] / "data_splits"
+BUNDLED_MANIFEST_DIR = Path(str(files("wegeft_vision.data_splits")))  # the repository's data_splits/, as package data
 
 
 def default_manifest_dir() -> Path:
-    """The bundled manifests: `$WEGEFT_DATA_SPLITS` when set, else the repository's `data_splits/`."""
-    return Path(os.environ.get("WEGEFT_DATA_SPLITS") or REPO_MANIFEST_DIR)
+    """The manifests to use: `$WEGEFT_DATA_SPLITS` when set, else the bundled ones (the repository's `data_splits/`)."""
+    return Path(os.environ.get("WEGEFT_DATA_SPLITS") or BUNDLED_MANIFEST_DIR)
 
 
 @dataclass(frozen=True)
@@ -192,17 +193,8 @@ def write_manifest(manifest: Manifest, path: str | Path, header: str | None = No
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = f"# {header}\n" if header else ""
-    path.write_text(text + yaml.safe_dump(manifest.to_dict(), sort_keys=False, width=120))
+    write_atomic(path, text + yaml.safe_dump(manifest.to_dict(), sort_keys=False, width=120))
     return path
-
-
-def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 BOM = b"\xef\xbb\xbf"

@@ -12,8 +12,6 @@ from typing import Any
 
 import torch
 from PIL import Image
-from timm.data import resolve_data_config
-from timm.models import get_pretrained_cfg
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TVF
 
@@ -171,7 +169,7 @@ class Preprocessing:
 
 
 def preprocessing(preset: str, data_config: Mapping[str, Any], benchmark: str = "vtab-1k") -> Preprocessing:
-    """The preset's pipelines for a backbone's data config (`backbones.data_config(model)` or `backbone_data_config`).
+    """The preset's pipelines for a backbone's data config (`backbones.data_config`).
 
     `paper`: resize to the input size (224x224) with the backbone's interpolation, no augmentation, on both benchmarks.
     `vpt` (Jia et al., 2022): on FGVC, train = resize 256, random crop 224, horizontal flip and
@@ -217,18 +215,3 @@ def preprocessing(preset: str, data_config: Mapping[str, Any], benchmark: str = 
     crop = preset == "vpt" and benchmark == FGVC
     resize = round(size / VPT_CROP_PCT) if crop else size
     return Preprocessing(preset, size, resize, interpolation, **stats, augment=crop)
-
-
-def backbone_data_config(name: str) -> dict[str, Any]:
-    """The data config stored with a timm model's pretrained tag, read without building the model.
-
-    Args:
-        name: `architecture[.tag]`, e.g. `vit_base_patch16_224.augreg_in21k`.
-
-    Raises:
-        ValueError: timm knows no pretrained config of that name.
-    """
-    cfg = get_pretrained_cfg(name)
-    if cfg is None:
-        raise ValueError(f"timm has no pretrained config for {name!r}; expected architecture[.tag]")
-    return resolve_data_config(pretrained_cfg=cfg.to_dict())

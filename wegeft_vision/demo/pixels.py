@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.folders import folder_split
 from ..data.images import read_image
+from ..data.tasks import Task, open_task
 
 
-def _pixels(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    samples = folder_split(folder, split)
-    images = np.stack([read_image(folder / rel).numpy().reshape(-1) for rel, _ in samples]).astype(np.float64) / 255.0
+def _pixels(task: Task, split: str) -> tuple[np.ndarray, np.ndarray]:
+    samples = task.samples(split)
+    images = np.stack([read_image(path).numpy().reshape(-1) for path, _ in samples]).astype(np.float64) / 255.0
     return images, np.array([label for _, label in samples])
 
 
@@ -22,8 +22,8 @@ def pixel_logistic_regression(folder: str | Path) -> float:
     runs are."""
     from sklearn.linear_model import LogisticRegression
 
-    folder = Path(folder)
-    train_x, train_y = _pixels(folder, "train800val200")
-    test_x, test_y = _pixels(folder, "test")
+    task = open_task(Path(folder))
+    train_x, train_y = _pixels(task, "train800val200")
+    test_x, test_y = _pixels(task, "test")
     model = LogisticRegression(max_iter=5000).fit(train_x, train_y)
     return 100.0 * float((model.predict(test_x) == test_y).mean())

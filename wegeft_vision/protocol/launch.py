@@ -8,56 +8,24 @@ there: a run folder holds the results of one preset and its settings only).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+import logging
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-from ..data.folders import MANIFEST_FILE, open_folder
+from ..data.lookup import find_task, locate_task, task_refs
 from ..data.registry import CUSTOM, FGVC_DATASETS, VTAB_TASKS
-from .files import write_atomic
+from ..data.tasks import Task
+from ..files import write_atomic
+from ..training.run_config import check_overrides
+from .optuna_compat import check_version
 from .preset import ProtocolPreset, load_preset
-from .runner import STAGES, Protocol, TaskData, expand_units, prepare_data, resolve_tasks
-from .runs import check_overrides
+from .request import Request
+from .runner import Protocol, expand_units
 
 PROTOCOL_FILE = "protocol.json"
-
-
-@dataclass(frozen=True)
-class Request:
-    """What a `protocol` or `search` command asks for (see `wegeft-vision protocol --help` for each option).
-
-    Attributes:
-        preset: a preset name (`paper`, `paper_text`, `smoke`, `demo`) or YAML file.
-        out: the run folder.
-        benchmark, tasks, methods, seeds: what to run (None: the preset's).
-        data_root, splits_dir: where the data lies.
-        storage: Optuna storage URL (None: SQLite in `out`).
-        overrides: `section.key: value` recipe settings on top of the preset's.
-        final_includes_val: FGVC final on train+val (None: the preset's).
-        stages: `("search",)` for search-only workers.
-        devices: devices per run; progress, poll, heartbeat, checkpoint_every: see `Protocol`.
-    """
-
-    preset: str | Path
-    out: Path
-    benchmark: str | None = None
-    tasks: list[str] | None = None
-    methods: list[str] | None = None
-    seeds: list[int] | None = None
-    data_root: Path | None = None
-    splits_dir: Path | None = None
-    storage: str | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
-    final_includes_val: bool | None = None
-    stages: tuple[str, ...] = STAGES
-    devices: int = 1
-    progress: bool = True
-    poll: float = 30.0
-    heartbeat: int = 60
-    checkpoint_every: int = 1
 
 
 def check_storage_url(url: str | None) -> None:
@@ -89,6 +57,7 @@ def _checked(request: Request) -> tuple[ProtocolPreset, list[str], list[tuple[st
     if request.checkpoint_every < 1:
         raise ValueError(f"--checkpoint-every should be at least 1, got {request.checkpoint_every}")
     check_storage_url(request.storage)
+    check_version()  # an Optuna this toolkit's storages do not support: refused before anything is pinned
     preset = load_preset(request.preset)
     check_overrides(request.overrides, "--set")
     check_overrides(preset.overrides, f"preset {preset.path}: override")
@@ -108,16 +77,51 @@ def _checked(request: Request) -> tuple[ProtocolPreset, list[str], list[tuple[st
         raise ValueError(
             f"unknown method {unknown[0]!r} for preset {preset.name}; expected one of {list(preset.methods)}"
         )
-    return preset, methods, resolve_tasks(request.benchmark, request.tasks, preset)
+    names = request.tasks or list(preset.tasks)
+    if not names:
+        raise ValueError(f"no --tasks given and preset {preset.name!r} names none")
+    return preset, methods, task_refs(names, request.benchmark)
 
 
-def _protocol(request: Request, preset: ProtocolPreset, units: list, data_root: Path | None, broken=None) -> Protocol:
+def prepare_tasks(
+    refs: list[tuple[str, str]], data_root: Path | None, preset: ProtocolPreset, splits_dir: Path | None = None
+) -> tuple[list[tuple[Task, str]], dict[str, str]]:
+    """Checks every task's data before any training (`data.lookup.find_task`: registry folders under the data root,
+    manifests of other tasks, synthetic tasks written when missing, folders of one's own described on first use) and
+    reads the split files behind each task's data identity.
+
+    Returns:
+        The tasks that are ready with their data identity, and per broken task (`benchmark/name`) what is wrong with
+        it: a broken task does not stop the others.
+
+    Raises:
+        ValueError: `--data-root` missing for registry tasks, or two task folders of the same name.
+    """
+    prepared: list[tuple[Task, str]] = []
+    broken: dict[str, str] = {}
+    for benchmark, name in refs:
+        try:
+            task = find_task(benchmark, name, data_root, splits_dir, preset.synthetic)
+            clash = [t for t, _ in prepared if t.ref == task.ref]
+            if clash:
+                raise _Clash(f"task folders {clash[0].root} and {task.root} share the name {task.name!r}")
+            prepared.append((task, task.identity()))
+        except (OSError, ValueError, KeyError) as error:
+            if data_root is None and benchmark != CUSTOM or isinstance(error, _Clash):
+                raise
+            broken[f"{benchmark}/{Path(name).name if benchmark == CUSTOM else name}"] = " ".join(str(error).split())
+    return prepared, broken
+
+
+class _Clash(ValueError):
+    """Two task folders of the same name: the command line is wrong, not a task."""
+
+
+def _protocol(request: Request, preset: ProtocolPreset, units: list, broken=None) -> Protocol:
     return Protocol(
         preset,
         units,
         request.out,
-        data_root,
-        splits_dir=request.splits_dir,
         storage=request.storage,
         stages=request.stages,
         devices=request.devices,
@@ -139,11 +143,11 @@ def prepare(request: Request) -> Protocol:
     if request.data_root is not None and not request.data_root.is_dir():
         raise FileNotFoundError(f"--data-root {request.data_root} does not exist")
     data_root = request.data_root or (request.out / "data" if preset.synthetic else None)
-    tasks, broken = prepare_data(pairs, data_root, preset, request.splits_dir)
+    tasks, broken = prepare_tasks(pairs, data_root, preset, request.splits_dir)
     if not tasks:
         raise ValueError("no task can run: " + "; ".join(f"{task}: {why}" for task, why in broken.items()))
     units = expand_units(tasks, methods, list(request.seeds or preset.seeds))
-    protocol = _protocol(request, preset, units, data_root, broken)
+    protocol = _protocol(request, preset, units, broken)
     protocol.check_configurations()
     if not protocol.units:
         raise ValueError("no task can run: " + "; ".join(f"{t}: {why}" for t, why in protocol.broken.items()))
@@ -159,15 +163,12 @@ def prepare_plan(request: Request) -> Protocol:
     """
     preset, methods, pairs = _checked(request)
     tasks = []
-    for benchmark, task in pairs:
-        if benchmark == CUSTOM:
-            tasks.append(TaskData(CUSTOM, open_folder(task).name, str(Path(task) / MANIFEST_FILE), task))
-        elif task in VTAB_TASKS or task in FGVC_DATASETS:
-            tasks.append(TaskData(benchmark, task))
-        else:
-            raise ValueError(f"--dry-run plans registry tasks and folders of one's own; {benchmark}/{task} is neither")
+    for benchmark, name in pairs:
+        if benchmark != CUSTOM and name not in VTAB_TASKS and name not in FGVC_DATASETS:
+            raise ValueError(f"--dry-run plans registry tasks and folders of one's own; {benchmark}/{name} is neither")
+        tasks.append((locate_task(benchmark, name, request.data_root or Path("DATA_ROOT"), request.splits_dir), ""))
     units = expand_units(tasks, methods, list(request.seeds or preset.seeds))
-    return _protocol(request, preset, units, request.data_root or Path("DATA_ROOT"))
+    return _protocol(request, preset, units)
 
 
 def pin(protocol: Protocol) -> None:
@@ -195,3 +196,28 @@ def pin(protocol: Protocol) -> None:
         return
     protocol.out.mkdir(parents=True, exist_ok=True)
     write_atomic(path, json.dumps(record, indent=1))
+
+
+def run(request: Request, workers: int = 1, gpus: str | None = None) -> int:
+    """Check every input, pin `OUT/protocol.json`, then train everything asked for: in this process, or in `workers`
+    worker processes (with `gpus`, one per group of `request.devices` GPUs) sharing the study storage.
+
+    Returns:
+        0 when everything asked for is done, 1 when some unit failed or some task was left out (listed), the
+        workers' highest exit code otherwise.
+
+    Raises:
+        ValueError, FileNotFoundError: an input that cannot work (nothing pinned); the message names it.
+    """
+    from .workers import gpu_groups, spawn_workers
+
+    if workers < 1:
+        raise ValueError(f"--workers should be at least 1, got {workers}")
+    groups = gpu_groups(gpus, request.devices)
+    protocol = prepare(request)  # every input checked: nothing written yet but synthetic tasks
+    pin(protocol)
+    if workers > 1 or groups:
+        protocol.storage  # noqa: B018 - the schema created once, before the workers race to create it
+        return spawn_workers(request, workers, groups)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    return protocol.run()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field, replace
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,9 @@ import yaml
 
 from ..data.registry import BENCHMARKS
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+# The repository's configs/, shipped as the package `wegeft_vision.configs` (pip installs it as files on disk, so the
+# presets' relative paths, e.g. `../fit/demo.yaml`, resolve inside the installed package).
+CONFIG_DIR = Path(str(files("wegeft_vision.configs")))
 KEYS = {"name", "base", "fit_config", "search_epochs", "final_includes_val", "seeds", "tasks", "synthetic", "methods"}
 KEYS |= {"overrides", "benchmarks", "selection"}
 GRID_KEYS = {"config", "lr", "weight_decay", "overrides"}

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .files import append_durably, write_atomic
+from ..files import append_durably, write_atomic
 
 COLUMNS = (
     "benchmark",

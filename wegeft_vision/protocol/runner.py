@@ -10,153 +10,42 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import yaml
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
-from ..data.folders import MANIFEST_FILE, is_folder_ref, open_folder
-from ..data.identity import data_identity
-from ..data.registry import CUSTOM, FGVC, FGVC_DATASETS, VTAB1K, VTAB_TASKS, parse_target
-from ..data.synthetic import TASKS as SYNTHETIC_TASKS
-from ..data.synthetic import write_synthetic
-from ..data.vtab1k import task_dir
-from .files import write_atomic
+from ..data.tasks import Task
+from ..files import write_atomic
+from ..training.run_config import RunConfig
 from .preset import ProtocolPreset
+from .request import STAGES
 from .results import append_rows
-from .runs import RunSpec, check_specs, train_run
+from .runs import RunSpec, train_run
 from .search import GridStudy, open_storage
-
-STAGES = ("search", "final")
-SYNTHETIC_PREFIX = "synthetic_"
-
-
-@dataclass(frozen=True)
-class TaskData:
-    """Where a task's data lies (its manifest when it is not in the registry, its folder when it is one's own), and
-    the digest of its split files (`data.identity.data_identity`)."""
-
-    benchmark: str
-    task: str
-    manifest: str | None = None
-    data_root: str | None = None
-    data_id: str = ""
 
 
 @dataclass(frozen=True)
 class Unit:
-    """One (benchmark, task, method, seed): a search study, then a final run."""
+    """One (task, method, seed): a search study, then a final run; `data_id` is the task's data identity
+    (`Task.identity`), part of the unit's study names and run fingerprints."""
 
-    benchmark: str
-    task: str
+    task: Task
     method: str
     seed: int
-    manifest: str | None = None
-    data_root: str | None = None
     data_id: str = ""
 
     @property
+    def benchmark(self) -> str:
+        return self.task.benchmark
+
+    @property
     def label(self) -> str:
-        return f"{self.benchmark}/{self.task} {self.method} seed {self.seed}"
-
-
-def resolve_tasks(benchmark: str | None, tasks: list[str] | None, preset: ProtocolPreset) -> list[tuple[str, str]]:
-    """`(benchmark, task)` pairs from `--benchmark`/`--tasks` (`all`, names, `benchmark/name`, or folders of one's own:
-    `("custom", absolute folder path)`), else the preset's."""
-    if not tasks:
-        if not preset.tasks:
-            raise ValueError(f"no --tasks given and preset {preset.name!r} names none")
-        tasks = list(preset.tasks)
-    if tasks == ["all"]:
-        if benchmark is None:
-            raise ValueError("--tasks all needs --benchmark vtab-1k or fgvc")
-        names = VTAB_TASKS if parse_target(f"{benchmark}/x", strict=False)[0] == VTAB1K else FGVC_DATASETS
-        return [parse_target(f"{benchmark}/{name}") for name in names]
-    pairs = []
-    for task in tasks:
-        if is_folder_ref(task):
-            pairs.append((CUSTOM, str(Path(task).expanduser().resolve())))
-            continue
-        ref = task if "/" in task else f"{benchmark}/{task}" if benchmark else None
-        if ref is None:
-            raise ValueError(f"task {task!r} needs --benchmark (or write it as BENCHMARK/NAME)")
-        pairs.append(parse_target(ref, strict=False))
-    return list(dict.fromkeys(pairs))
-
-
-def prepare_data(
-    pairs: list[tuple[str, str]], data_root: Path | None, preset: ProtocolPreset, splits_dir: Path | None = None
-) -> tuple[list[TaskData], dict[str, str]]:
-    """Checks every task's data before any training: registry folders under the data root, manifests of other tasks
-    (`<root>/<task>/manifest.yaml`, synthetic tasks written when missing), folders of one's own (their manifest
-    written on first use), and the split files behind each task's data identity.
-
-    Returns:
-        The tasks that are ready, and per broken task (`benchmark/task`) what is wrong with it: a broken task does
-        not stop the others.
-
-    Raises:
-        ValueError: `--data-root` missing for registry tasks, or two task folders of the same name.
-    """
-    prepared: list[TaskData] = []
-    broken: dict[str, str] = {}
-    for benchmark, task in pairs:
-        try:
-            data = _task_data(benchmark, task, data_root, preset, prepared)
-            root = Path(data.data_root) if data.data_root else data_root / task if benchmark == FGVC else data_root
-            prepared.append(replace(data, data_id=data_identity(benchmark, task, root, splits_dir, data.manifest)))
-        except (OSError, ValueError, KeyError) as error:
-            if data_root is None and benchmark != CUSTOM or isinstance(error, _Clash):
-                raise
-            broken[f"{benchmark}/{Path(task).name if benchmark == CUSTOM else task}"] = " ".join(str(error).split())
-    return prepared, broken
-
-
-class _Clash(ValueError):
-    """Two task folders of the same name: the command line is wrong, not a task."""
-
-
-def _task_data(
-    benchmark: str, task: str, data_root: Path | None, preset: ProtocolPreset, prepared: list[TaskData]
-) -> TaskData:
-    if benchmark == CUSTOM:
-        manifest = open_folder(task)
-        clash = [t for t in prepared if t.benchmark == CUSTOM and t.task == manifest.name]
-        if clash:
-            raise _Clash(f"task folders {clash[0].data_root} and {task} share the name {manifest.name!r}")
-        return TaskData(CUSTOM, manifest.name, str(Path(task) / MANIFEST_FILE), task)
-    if data_root is None:
-        raise ValueError(f"--data-root is required for {benchmark}/{task} (the folder holding its folder)")
-    if task in VTAB_TASKS:
-        task_dir(data_root, task)  # fail before any training when a folder is missing
-        return TaskData(benchmark, task)
-    if task in FGVC_DATASETS:
-        if not (data_root / task).is_dir():
-            raise FileNotFoundError(f"missing folder {data_root / task} for FGVC dataset {task} (link it there)")
-        return TaskData(benchmark, task)
-    manifest = data_root / task / "manifest.yaml"
-    kind = task.removeprefix(SYNTHETIC_PREFIX)
-    if not manifest.is_file() and task.startswith(SYNTHETIC_PREFIX) and kind in SYNTHETIC_TASKS:
-        options = preset.synthetic
-        write_synthetic(data_root, kind, options.get("counts"), options.get("size", 64), 0, layout=benchmark)
-    if not manifest.is_file():
-        raise FileNotFoundError(f"task {benchmark}/{task} is not in the registry and {manifest} does not exist")
-    return TaskData(benchmark, task, str(manifest))
-
-
-def recipe_value(preset: ProtocolPreset, key: str, default: Any) -> Any:
-    """A setting of the training recipe (`model.epochs`, ...): the preset's override, else the fit config's."""
-    if key in preset.overrides:
-        return preset.overrides[key]
-    value: Any = yaml.safe_load(preset.fit_config.read_text()) or {}
-    for part in key.split("."):
-        value = value.get(part, {}) if isinstance(value, dict) else {}
-    return default if value == {} else value
+        return f"{self.task.ref} {self.method} seed {self.seed}"
 
 
 class Protocol:
@@ -164,10 +53,8 @@ class Protocol:
 
     Args:
         preset: the protocol preset.
-        units: the (benchmark, task, method, seed) combinations.
+        units: the (task, method, seed) combinations.
         out: the run folder (results.csv, protocol.json, runs/, and optuna.db by default).
-        data_root: the folder holding one folder per task or dataset (None when every task is a folder of its own).
-        splits_dir: FGVC split files, if not inside the dataset folders.
         storage: Optuna storage URL (default: SQLite in `out`).
         stages: `("search",)` for search-only workers, or both stages.
         devices: devices per run (DDP when more than one).
@@ -183,8 +70,6 @@ class Protocol:
         preset: ProtocolPreset,
         units: list[Unit],
         out: Path,
-        data_root: Path | None,
-        splits_dir: Path | None = None,
         storage: str | None = None,
         stages: tuple[str, ...] = STAGES,
         devices: int = 1,
@@ -195,13 +80,12 @@ class Protocol:
         broken: dict[str, str] | None = None,
     ) -> None:
         self.preset, self.units, self.out, self.stages = preset, units, out, stages
-        self.data_root, self.splits_dir = data_root, splits_dir
         self.devices, self.progress, self.poll = devices, progress, poll
         self.fingerprint = preset.fingerprint()
         self.storage_url, self.heartbeat, self.checkpoint_every = storage, heartbeat, checkpoint_every
         self.broken = dict(broken or {})
         self.errors: dict[Unit, str] = {}
-        self.schedule_epochs = int(recipe_value(preset, "model.epochs", 100))
+        self._schedule_epochs: dict[Unit, int] = {}
         self.results_file = out / "results.csv"
         self.started = time.monotonic()
         self.epochs_done = 0
@@ -221,17 +105,25 @@ class Protocol:
         not parse is left out (in `broken`) and the others go on.
         """
         methods = {unit.method: unit for unit in reversed(self.units)}
-        check_specs([self._sample_spec(unit) for unit in methods.values()], self.out)
-        tasks = {(unit.benchmark, unit.task): unit for unit in reversed(self.units)}
-        for (benchmark, task), unit in tasks.items():
+        for unit in methods.values():
+            self.sample_config(unit).resolved  # noqa: B018 - parsed, or a ValueError naming what is wrong
+        tasks = {unit.task: unit for unit in reversed(self.units)}
+        for task, unit in tasks.items():
             try:
-                check_specs([self._sample_spec(unit)], self.out)
+                self.sample_config(unit).resolved  # noqa: B018
             except ValueError as error:
-                self.broken[f"{benchmark}/{task}"] = str(error)
-        self.units = [u for u in self.units if f"{u.benchmark}/{u.task}" not in self.broken]
+                self.broken[task.ref] = str(error)
+        self.units = [u for u in self.units if u.task.ref not in self.broken]
 
-    def _sample_spec(self, unit: Unit) -> RunSpec:
-        return self.spec(unit, "search", self.preset_for(unit).methods[unit.method].points[0])
+    def sample_config(self, unit: Unit, stage: str = "search") -> RunConfig:
+        """The configuration of the unit's first grid point in `stage` (its recipe-level settings are read from it)."""
+        return self.spec(unit, stage, self.preset_for(unit).methods[unit.method].points[0]).config
+
+    def schedule_epochs(self, unit: Unit) -> int:
+        """The length of the unit's schedule (what its final run trains)."""
+        if unit not in self._schedule_epochs:
+            self._schedule_epochs[unit] = self.sample_config(unit, "final").schedule_epochs
+        return self._schedule_epochs[unit]
 
     def preset_for(self, unit: Unit) -> ProtocolPreset:
         """The preset as it applies to the unit's benchmark (search length, grids, recipe settings)."""
@@ -248,31 +140,32 @@ class Protocol:
         return hashlib.sha256(f"{self.fingerprint}:{unit.data_id}".encode()).hexdigest()
 
     def study_name(self, unit: Unit, stage: str) -> str:
-        return f"{unit.benchmark}/{unit.task}/{unit.method}/seed{unit.seed}/{stage}@{self.unit_fingerprint(unit)[:12]}"
+        return f"{unit.task.ref}/{unit.method}/seed{unit.seed}/{stage}@{self.unit_fingerprint(unit)[:12]}"
 
     def spec(self, unit: Unit, stage: str, point: tuple[float, float]) -> RunSpec:
         preset = self.preset_for(unit)
         grid = preset.methods[unit.method]
-        return RunSpec(
-            benchmark=unit.benchmark,
-            task=unit.task,
-            method=unit.method,
-            method_config=str(grid.config),
+        config = RunConfig(
+            recipe=self.preset.fit_config,
+            method=grid.config,
+            data=unit.task.data_arguments(),
             stage=stage,
             lr=point[0],
             weight_decay=point[1],
             seed=unit.seed,
-            fit_config=str(self.preset.fit_config),
-            data_root=unit.data_root or str(self.data_root),
-            search_epochs=preset.search_epochs,
+            overrides={**preset.overrides, **grid.overrides},  # in the preset: its fingerprint covers them
+            stop_epoch=preset.search_epochs if stage == "search" else None,
+            final_includes_val=self.preset.final_includes_val,
+            devices=self.devices,
+        )
+        return RunSpec(
+            benchmark=unit.benchmark,
+            task=unit.task.name,
+            method=unit.method,
             preset=self.preset.name,
             fingerprint=self.unit_fingerprint(unit),
+            config=config,
             data_identity=unit.data_id,
-            splits_dir=str(self.splits_dir) if self.splits_dir else None,
-            manifest=unit.manifest,
-            final_includes_val=self.preset.final_includes_val,
-            overrides={**preset.overrides, **grid.overrides},  # in the preset: its fingerprint covers them
-            devices=self.devices,
             progress=self.progress,
             checkpoint_every=self.checkpoint_every,
         )
@@ -307,10 +200,11 @@ class Protocol:
             searches += done
             searches_total += len(states)
             remaining += (len(states) - done) * self.preset_for(unit).search_epochs
-            finals += self._final_done(unit)
+            final_done = self._final_done(unit)
+            finals += final_done
+            if "final" in self.stages and not final_done:
+                remaining += self.schedule_epochs(unit)
         elapsed = time.monotonic() - self.started
-        if "final" in self.stages:
-            remaining += (len(self.units) - finals) * self.schedule_epochs
         eta = f"{timedelta(seconds=round(remaining * elapsed / self.epochs_done))}" if self.epochs_done else "?"
         line = f"[search {searches}/{searches_total}"
         line += f" · final {finals}/{len(self.units)}]" if "final" in self.stages else "]"
@@ -342,7 +236,7 @@ class Protocol:
 
     def _selection(self, unit: Unit, study: GridStudy) -> tuple[float, float]:
         point, value = study.best()
-        folder = self.out / "runs" / unit.benchmark / unit.task / unit.method / f"seed{unit.seed}"
+        folder = self.out / "runs" / unit.benchmark / unit.task.name / unit.method / f"seed{unit.seed}"
         folder.mkdir(parents=True, exist_ok=True)
         rule = "at the last search epoch" if self.preset.selection == "last" else "best over the search epochs"
         record = {
@@ -428,11 +322,7 @@ def _search_record(row: dict[str, Any]) -> dict[str, Any] | str:
     return {"last": row["top1"], "best": row.get("best_top1"), "best_epoch": row.get("best_epoch")}
 
 
-def expand_units(tasks: list[TaskData], methods: list[str], seeds: list[int]) -> list[Unit]:
-    """Units in task-major order: every method and seed of the first task before the next task."""
-    return [
-        Unit(data.benchmark, data.task, method, seed, data.manifest, data.data_root, data.data_id)
-        for data in tasks
-        for method in methods
-        for seed in seeds
-    ]
+def expand_units(tasks: list[tuple[Task, str]], methods: list[str], seeds: list[int]) -> list[Unit]:
+    """Units in task-major order (every method and seed of the first task before the next task), from each task and
+    its data identity."""
+    return [Unit(task, method, seed, data_id) for task, data_id in tasks for method in methods for seed in seeds]

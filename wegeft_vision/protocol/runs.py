@@ -10,7 +10,6 @@ parameters become non-finite ends as `diverged` (its result says why); it is a r
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -18,7 +17,7 @@ import logging
 import pickle
 import shutil
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -27,9 +26,9 @@ import lightning as L
 import torch
 
 from ..backbones import backbone_tag, describe_source, weights_source
-from ..data.registry import CUSTOM, FGVC
+from ..files import write_atomic
 from ..methods import count_trainable
-from .files import write_atomic
+from ..training.run_config import RunConfig
 from .preset import result_settings
 
 RESULT_FILE = "result.json"
@@ -39,46 +38,43 @@ EARLIER_METRICS_FILE = "metrics.earlier.csv"  # epochs logged before a resume (C
 
 @dataclass(frozen=True)
 class RunSpec:
-    """Everything that defines one run; equal specs give equal results.
+    """One run of the protocol: which result it is, and its training configuration; equal specs give equal results.
 
     Attributes:
-        benchmark, task: the target (`vtab-1k`, `cifar`).
-        method: the method's label in the protocol preset; `method_config` its preset file.
-        stage: `search` (train -> val, stopped after `search_epochs`) or `final` (train(+val) -> test).
-        lr, weight_decay, seed: the grid point and the seed of data order, initialization and drop-path draws.
-        fit_config: the LightningCLI config of the training recipe; `overrides` `section.key: value` on top of it.
-        data_root: the folder holding one folder per task or dataset; `splits_dir` FGVC split files elsewhere.
-        manifest: a manifest file for a task outside the registry (synthetic or custom).
-        search_epochs: epochs of a search run (the schedule keeps its full length).
-        final_includes_val: FGVC final trains on train+val.
+        benchmark, task: the task (`vtab-1k`, `cifar`; a folder of one's own: `custom` and its folder's name).
+        method: the method's label in the protocol preset.
         preset: the protocol preset's name; `fingerprint` the digest of the preset and of the task's data.
-        data_identity: the digest of the task's split files (`data.identity.data_identity`).
-        devices: devices of the run (DDP over several, per-device batch = batch / devices).
-        progress: show Lightning's progress bar (rich when available).
+        data_identity: the digest of the task's split files (`data.tasks.Task.identity`).
+        config: what the run trains (recipe, method preset, grid point, seed, data, stage, devices).
+        progress: show Lightning's progress bar (rich).
         checkpoint_every: epochs between checkpoints (where a killed run resumes).
     """
 
     benchmark: str
     task: str
     method: str
-    method_config: str
-    stage: str
-    lr: float
-    weight_decay: float
-    seed: int
-    fit_config: str
-    data_root: str
-    search_epochs: int
     preset: str
     fingerprint: str
-    splits_dir: str | None = None
-    manifest: str | None = None
-    final_includes_val: bool = False
-    overrides: dict[str, Any] = field(default_factory=dict)
+    config: RunConfig
     data_identity: str = ""
-    devices: int = 1
     progress: bool = False
     checkpoint_every: int = 1
+
+    @property
+    def stage(self) -> str:
+        return self.config.stage
+
+    @property
+    def lr(self) -> float:
+        return self.config.lr
+
+    @property
+    def weight_decay(self) -> float:
+        return self.config.weight_decay
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
 
     def run_dir(self, out: Path) -> Path:
         point = f"lr{self.lr:g}_wd{self.weight_decay:g}"
@@ -86,114 +82,10 @@ class RunSpec:
 
     def identity(self) -> dict[str, Any]:
         """The fields that decide the result (not where or how it is displayed, nor where data is cached)."""
-        fields = {k: v for k, v in asdict(self).items() if k not in ("progress", "checkpoint_every")}
-        return {**fields, "overrides": result_settings(self.overrides)}
-
-
-def _arguments(spec: RunSpec, run_dir: Path) -> list[str]:
-    root = Path(spec.data_root)
-    if spec.benchmark == CUSTOM:  # a folder of one's own: it is the dataset, with its manifest inside
-        data = [f"--data.dataset={root}"]
-    else:
-        data = [
-            f"--data.dataset={spec.benchmark}/{spec.task}",
-            f"--data.root={root / spec.task if spec.benchmark == FGVC else root}",
-        ]
-    args = ["--config", spec.fit_config]
-    args += [
-        f"--{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in spec.overrides.items()
-    ]
-    args += [
-        f"--model.method={spec.method_config}",
-        f"--model.lr={spec.lr!r}",
-        f"--model.weight_decay={spec.weight_decay!r}",
-        f"--seed_everything={spec.seed}",
-        *data,
-        f"--data.stage={spec.stage}",
-        f"--data.seed={spec.seed}",
-        f"--data.final_includes_val={str(spec.final_includes_val).lower()}",
-        f"--trainer.default_root_dir={run_dir}",
-        # search: val every epoch (best and last both recorded); final: nothing evaluated until the end (test once)
-        f"--trainer.limit_val_batches={1.0 if spec.stage == 'search' else 0}",
-        "--trainer.check_val_every_n_epoch=1",
-        "--trainer.num_sanity_val_steps=0",
-        "--trainer.enable_model_summary=false",
-        f"--trainer.enable_progress_bar={str(spec.progress).lower()}",
-        "--trainer.logger="
-        + json.dumps(
-            {
-                "class_path": "lightning.pytorch.loggers.CSVLogger",
-                "init_args": {"save_dir": str(run_dir), "name": "", "version": "", "flush_logs_every_n_steps": 1},
-            }
-        ),
-        "--trainer.callbacks+="
-        + json.dumps(
-            {
-                "class_path": "wegeft_vision.training.EpochCheckpoint",
-                "init_args": {"dirpath": str(run_dir / "checkpoints"), "every_n_epochs": spec.checkpoint_every},
-            }
-        ),
-    ]
-    if spec.progress:
-        args.append("--trainer.callbacks+=lightning.pytorch.callbacks.RichProgressBar")
-    if spec.stage == "search":
-        args.append(f"--trainer.max_epochs={spec.search_epochs}")
-    if spec.splits_dir:
-        args.append(f"--data.splits_dir={spec.splits_dir}")
-    if spec.manifest and spec.benchmark != CUSTOM:
-        args.append(f"--data.manifest={spec.manifest}")
-    if spec.devices > 1:
-        args += [f"--trainer.devices={spec.devices}", "--trainer.strategy=ddp_spawn"]
-    return args
-
-
-# What every run sets itself (`_arguments`): a recipe override of one of these would be silently replaced.
-SET_PER_RUN = {
-    "model.lr": "the grid's lr",
-    "model.weight_decay": "the grid's weight_decay",
-    "model.method": "the method's preset",
-    "seed_everything": "--seeds",
-    "data.dataset": "--tasks",
-    "data.root": "--data-root",
-    "data.manifest": "--tasks",
-    "data.splits_dir": "--splits-dir",
-    "data.stage": "the protocol's stage",
-    "data.seed": "--seeds",
-    "data.final_includes_val": "--final-includes-val",
-    "trainer.default_root_dir": "--out",
-}
-
-
-def check_overrides(overrides: dict[str, Any], where: str) -> None:
-    """Refuse an override of something every run sets itself, naming the key and where to change it instead."""
-    for key in overrides:
-        if key in SET_PER_RUN:
-            raise ValueError(f"{where} {key}={overrides[key]!r}: every run sets {key} from {SET_PER_RUN[key]}")
-
-
-def check_specs(specs: list[RunSpec], out: Path) -> None:
-    """Parse the LightningCLI configuration of each spec (nothing built, nothing written), so that a bad recipe,
-    method preset or override fails before anything is pinned.
-
-    Raises:
-        ValueError: a configuration that does not parse; the message names the spec's files and the bad key.
-    """
-    from ..training.cli import build_cli
-
-    parser = None
-    for spec in specs:
-        args = _arguments(spec, spec.run_dir(out))
-        try:
-            if parser is None:
-                parser = build_cli(args, instantiate=False).parser
-            else:
-                parser.parse_args(args)
-        except argparse.ArgumentError as err:
-            message = " ".join(str(err).split())
-            raise ValueError(
-                f"the run configuration of {spec.method} on {spec.task} ({spec.fit_config}, {spec.method_config}, "
-                f"overrides {spec.overrides}) does not parse: {message}"
-            ) from err
+        config = self.config.identity()
+        config["overrides"] = result_settings(config["overrides"])
+        fields = ("benchmark", "task", "method", "preset", "fingerprint", "data_identity")
+        return {**{name: getattr(self, name) for name in fields}, **config}
 
 
 def cached_result(spec: RunSpec, out: Path) -> dict[str, Any] | None:
@@ -210,8 +102,7 @@ def train_run(spec: RunSpec, out: Path) -> dict[str, Any]:
     has `state` `diverged`, its `reason`, and no `top1`."""
     if (row := cached_result(spec, out)) is not None:
         return row
-    from ..training import TrainingDiverged
-    from ..training.cli import build_cli  # Lightning and jsonargparse only when something trains
+    from ..training import TrainingDiverged  # Lightning and jsonargparse only when something trains
 
     for name in ("lightning.pytorch", "lightning.fabric"):  # one summary line per run instead of Lightning's banner
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -222,7 +113,7 @@ def train_run(spec: RunSpec, out: Path) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
         warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
-        cli = build_cli(_arguments(spec, run_dir))
+        cli = spec.config.instantiate(run_dir, spec.progress, spec.checkpoint_every)
         try:
             row = _train(spec, out, run_dir, cli)
         except TrainingDiverged as diverged:
@@ -305,13 +196,14 @@ def _preprocessing(prep: Any) -> str:
 
 def _train(spec: RunSpec, out: Path, run_dir: Path, cli: Any) -> dict[str, Any]:
     model, data, trainer = cli.model, cli.datamodule, cli.trainer
-    if spec.devices > 1:
-        if data.batch_size % spec.devices:
-            raise ValueError(f"batch size {data.batch_size} does not split over {spec.devices} devices")
-        data.batch_size //= spec.devices  # the recipe's batch is the global one
+    devices = spec.config.devices
+    if devices > 1:
+        if data.batch_size % devices:
+            raise ValueError(f"batch size {data.batch_size} does not split over {devices} devices")
+        data.batch_size //= devices  # the recipe's batch is the global one
     last = run_dir / "checkpoints" / "last.ckpt"
     trainer.fit(model, datamodule=data, ckpt_path=last if last.is_file() else None, weights_only=True)
-    if spec.devices > 1:  # evaluate every sample exactly once: one device (a distributed sampler pads the split)
+    if devices > 1:  # evaluate every sample exactly once: one device (a distributed sampler pads the split)
         data.setup()
         trainer = L.Trainer(
             accelerator=trainer.accelerator,
@@ -341,7 +233,7 @@ def _row(spec: RunSpec, out: Path, run_dir: Path, cli: Any, top1: float | None, 
     return {
         "benchmark": spec.benchmark,
         "task": spec.task,
-        "group": data.manifest.group or "",
+        "group": data.task.group or "",
         "method": spec.method,
         "stage": spec.stage,
         "lr": spec.lr,
@@ -364,7 +256,7 @@ def _row(spec: RunSpec, out: Path, run_dir: Path, cli: Any, top1: float | None, 
         "train_splits": "+".join(data.train_splits),
         "eval_split": data.eval_split,
         "eval_size": len(data.samples["eval"]),
-        "batch_size": data.batch_size * spec.devices,
+        "batch_size": data.batch_size * spec.config.devices,
         "precision": _precision(str(trainer.precision), model.hparams.float32_matmul_precision),
         "fingerprint": spec.fingerprint[:12],
         "run_dir": str(run_dir.relative_to(out)),

@@ -1,20 +1,20 @@
-"""The LightningCLI over `ClassificationModule` and `BenchmarkDataModule`: `wegeft-vision fit|validate|test`, and the
-configuration of every protocol run (one run = one LightningCLI configuration).
+"""The LightningCLI over `ClassificationModule` and `BenchmarkDataModule`: `wegeft-vision fit|validate|test` for users,
+and the parser and builder behind every protocol run's `RunConfig` (one run = one LightningCLI configuration).
 
 Configs compose as in any LightningCLI (`--config a.yaml --config b.yaml`, `--model.method configs/method/x.yaml`,
-`--print_config`). The class count comes from the dataset's manifest; the preprocessing from the model's backbone.
+`--print_config`). The class count comes from the task's manifest; the preprocessing from the model's backbone.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from ..data import load_manifest, read_manifest
 from ..data.datamodule import BenchmarkDataModule
-from ..data.folders import is_folder_ref, open_folder
+from ..data.tasks import task_manifest
 from .module import ClassificationModule
 
 SUBCOMMANDS = ("fit", "validate", "test")
@@ -22,9 +22,7 @@ SUBCOMMANDS = ("fit", "validate", "test")
 
 def num_classes_of(dataset: str, manifest: str | None) -> int:
     """Classes of `dataset` according to its manifest (the bundled one unless `manifest` is given; a folder's own)."""
-    if is_folder_ref(dataset):
-        return open_folder(dataset).num_classes
-    return (read_manifest(manifest) if manifest else load_manifest(dataset)).num_classes
+    return task_manifest(dataset, manifest).num_classes
 
 
 class WeGeFTCLI(LightningCLI):
@@ -40,10 +38,10 @@ class ParseOnlyCLI(WeGeFTCLI):
         pass
 
 
-def build_cli(argv: Sequence[str], run: bool = False, instantiate: bool = True) -> WeGeFTCLI:
-    """The CLI for `argv`: with `run`, a sub-command (fit, validate or test) and its arguments, executed; without,
-    the arguments only, and the model, datamodule and trainer instantiated for the caller (the protocol's runs), or,
-    with `instantiate=False`, only parsed (its `parser` then checks further argument lists).
+def build_cli(args: Sequence[str] | dict[str, Any], run: bool = False, instantiate: bool = True) -> WeGeFTCLI:
+    """The CLI for `args`: with `run`, a sub-command (fit, validate or test) and its arguments, executed; without,
+    a configuration (a command line's arguments or a `RunConfig`'s dict), and the model, datamodule and trainer
+    instantiated for the caller, or, with `instantiate=False`, only parsed.
 
     Raises:
         argparse.ArgumentError: an unknown option, or a value of the wrong type (the message names the key).
@@ -53,11 +51,27 @@ def build_cli(argv: Sequence[str], run: bool = False, instantiate: bool = True) 
         return (WeGeFTCLI if instantiate else ParseOnlyCLI)(
             ClassificationModule,
             BenchmarkDataModule,
-            args=list(argv),
+            args=args if isinstance(args, dict) else list(args),
             run=run,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"prog": "wegeft-vision", "exit_on_error": False},  # errors are raised; main() reports
         )
+
+
+_PARSERS: list[LightningArgumentParser] = []  # the parser of the first parse, kept: building one costs about a second
+
+
+def parse_config(config: dict[str, Any]) -> Any:
+    """Parse a run configuration (nothing built, no data read) into its namespace, with one parser per process.
+
+    Raises:
+        argparse.ArgumentError: an unknown key, or a value of the wrong type (the message names the key).
+    """
+    if not _PARSERS:
+        cli = build_cli(config, instantiate=False)
+        _PARSERS.append(cli.parser)
+        return cli.config
+    return _PARSERS[0].parse_object(config)
 
 
 def run_lightning(argv: Sequence[str]) -> int:

@@ -1,0 +1,1 @@
+"""The split manifests, shipped inside the package as `wegeft_vision.data_splits`."""

@@ -1,0 +1,239 @@
+"""One training run's configuration, typed: what the protocol hands to training and what `--dry-run` reads.
+
+A `RunConfig` is a recipe (a LightningCLI fit config, `configs/fit/*.yaml`) with `section.key` settings on top, a
+method preset, the grid point (lr, weight decay), the seed, a task's data arguments and the protocol stage. Its
+`lightning_config` is the run's complete LightningCLI configuration as a dict (the run folder's `config.yaml`, which
+`wegeft-vision fit --config` replays); `resolved` parses it once, building nothing, and the typed views below read the
+values training will use. `instantiate` builds the model, the data and the trainer. `fit|validate|test` stay
+LightningCLI for users; the protocol builds no command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+if TYPE_CHECKING:
+    from ..data.transforms import Preprocessing
+    from ..methods import MethodConfig
+    from .lightning_cli import WeGeFTCLI
+
+STAGES = ("search", "final")
+# What every run sets itself (`RunConfig.lightning_config`): a recipe override of one of these would be replaced.
+SET_PER_RUN = {
+    "model.lr": "the grid's lr",
+    "model.weight_decay": "the grid's weight_decay",
+    "model.method": "the method's preset",
+    "seed_everything": "--seeds",
+    "data.dataset": "--tasks",
+    "data.root": "--data-root",
+    "data.manifest": "--tasks",
+    "data.splits_dir": "--splits-dir",
+    "data.stage": "the protocol's stage",
+    "data.seed": "--seeds",
+    "data.final_includes_val": "--final-includes-val",
+    "trainer.default_root_dir": "--out",
+}
+
+
+def check_overrides(overrides: Mapping[str, Any], where: str) -> None:
+    """Refuse an override of something every run sets itself, naming the key and where to change it instead."""
+    for key in overrides:
+        if key in SET_PER_RUN:
+            raise ValueError(f"{where} {key}={overrides[key]!r}: every run sets {key} from {SET_PER_RUN[key]}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides one run's result.
+
+    Attributes:
+        recipe: the LightningCLI fit config of the training recipe.
+        method: the method preset (`configs/method/*.yaml`: class_path and init_args).
+        data: the task's `BenchmarkDataModule` arguments (`data.tasks.Task.data_arguments`).
+        stage: `search` (train -> val, validated every epoch) or `final` (train(+val) -> test, evaluated once).
+        lr, weight_decay: the grid point.
+        seed: seed of data order, initialization and drop-path draws.
+        overrides: `section.key: value` settings on top of the recipe.
+        stop_epoch: a search run stops after this many epochs of its schedule (None: the whole schedule).
+        final_includes_val: the FGVC final trains on train+val.
+        devices: devices of the run (DDP over several; the recipe's batch is the global one).
+    """
+
+    recipe: Path
+    method: Path
+    data: Mapping[str, str]
+    stage: str
+    lr: float
+    weight_decay: float
+    seed: int
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    stop_epoch: int | None = None
+    final_includes_val: bool = False
+    devices: int = 1
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"unknown stage {self.stage!r}; expected one of {', '.join(STAGES)}")
+        if self.devices < 1:
+            raise ValueError(f"devices should be at least 1, got {self.devices}")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "resolved"}  # a parse is not worth pickling
+
+    def identity(self) -> dict[str, Any]:
+        """The fields as plain JSON values (paths as text)."""
+        return {
+            "recipe": str(self.recipe),
+            "method": str(self.method),
+            "data": dict(self.data),
+            "stage": self.stage,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "seed": self.seed,
+            "overrides": dict(self.overrides),
+            "stop_epoch": self.stop_epoch,
+            "final_includes_val": self.final_includes_val,
+            "devices": self.devices,
+        }
+
+    def lightning_config(
+        self, run_dir: Path | None = None, progress: bool = False, checkpoint_every: int = 1
+    ) -> dict[str, Any]:
+        """The run's LightningCLI configuration: the recipe, the overrides, then what the run sets itself.
+
+        Args:
+            run_dir: the run folder (its log, `config.yaml` and epoch checkpoints); None for a parse-only check.
+            progress: Lightning's progress bar (rich).
+            checkpoint_every: epochs between the checkpoints a killed run resumes from.
+        """
+        config = yaml.safe_load(Path(self.recipe).read_text()) or {}
+        for key, value in self.overrides.items():
+            *sections, name = key.split(".")
+            node = config
+            for section in sections:
+                node = node.setdefault(section, {})
+            node[name] = value
+        config["seed_everything"] = self.seed
+        model, data, trainer = (config.setdefault(section, {}) for section in ("model", "data", "trainer"))
+        model.update(method=yaml.safe_load(Path(self.method).read_text()), lr=self.lr, weight_decay=self.weight_decay)
+        data.update(self.data, stage=self.stage, seed=self.seed, final_includes_val=self.final_includes_val)
+        trainer.update(
+            # search: validated every epoch (best and last both recorded); final: nothing evaluated until the end
+            limit_val_batches=1.0 if self.stage == "search" else 0,
+            check_val_every_n_epoch=1,
+            num_sanity_val_steps=0,
+            enable_model_summary=False,
+            enable_progress_bar=progress,
+        )
+        if self.stop_epoch is not None:
+            trainer["max_epochs"] = self.stop_epoch
+        if self.devices > 1:
+            trainer.update(devices=self.devices, strategy="ddp_spawn")
+        callbacks = list(trainer.get("callbacks") or [])
+        if run_dir is not None:
+            trainer["default_root_dir"] = str(run_dir)
+            trainer["logger"] = {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(run_dir), "name": "", "version": "", "flush_logs_every_n_steps": 1},
+            }
+            callbacks.append(
+                {
+                    "class_path": "wegeft_vision.training.EpochCheckpoint",
+                    "init_args": {"dirpath": str(run_dir / "checkpoints"), "every_n_epochs": checkpoint_every},
+                }
+            )
+        if progress:
+            callbacks.append({"class_path": "lightning.pytorch.callbacks.RichProgressBar"})
+        trainer["callbacks"] = callbacks
+        return config
+
+    @cached_property
+    def resolved(self) -> Any:
+        """The parsed configuration (jsonargparse namespace: `seed_everything`, `model`, `data`, `trainer`), with the
+        class count linked from the task's manifest; nothing is built and no data is read.
+
+        Raises:
+            ValueError: the configuration does not parse; the message names the recipe, the method preset, the
+                overrides and the key at fault.
+        """
+        from .lightning_cli import parse_config
+
+        try:
+            return parse_config(self.lightning_config())
+        except argparse.ArgumentError as err:
+            message = " ".join(str(err).split())
+            raise ValueError(
+                f"the run configuration of {self.method} on {self.data.get('dataset')} ({self.recipe}, overrides "
+                f"{dict(self.overrides)}) does not parse: {message}"
+            ) from err
+
+    @property
+    def schedule_epochs(self) -> int:
+        """The length of the learning-rate schedule (a search run stops earlier on it)."""
+        return int(self.resolved.model.epochs)
+
+    @property
+    def epochs(self) -> int:
+        """The epochs this run trains."""
+        return self.stop_epoch if self.stop_epoch is not None else int(self.resolved.trainer.max_epochs)
+
+    @property
+    def batch_size(self) -> int:
+        """The global training batch (split over `devices`)."""
+        return int(self.resolved.data.batch_size)
+
+    @property
+    def backbone(self) -> str:
+        return str(self.resolved.model.backbone)
+
+    @property
+    def data_config(self) -> dict[str, Any]:
+        """The backbone's data config (size, interpolation, mean, std) at the size the run builds it with."""
+        from ..backbones import data_config
+
+        overrides = self.resolved.model.backbone_overrides or {}
+        return data_config(self.backbone, img_size=overrides.get("img_size"))
+
+    def preprocessing(self, layout: str) -> Preprocessing:
+        """The preprocessing pipelines of the run's data preset for a task of `layout`."""
+        from ..data.transforms import preprocessing
+
+        return preprocessing(self.resolved.data.preset, self.data_config, layout)
+
+    @property
+    def method_config(self) -> MethodConfig:
+        """The method as its config object (every hyper-parameter resolved)."""
+        from ..methods import config_from_spec
+
+        return config_from_spec(_plain(self.resolved.model.method), "model.method")
+
+    @property
+    def precision(self) -> str:
+        """The trainer's precision, with the fp32 matmul precision when it is not true fp32."""
+        precision = str(self.resolved.trainer.precision)
+        matmul = self.resolved.model.float32_matmul_precision
+        return precision if matmul == "highest" else f"{precision} (fp32 matmuls: {matmul})"
+
+    def instantiate(self, run_dir: Path, progress: bool = False, checkpoint_every: int = 1) -> WeGeFTCLI:
+        """The LightningCLI of the run with its model, datamodule and trainer built (nothing trained yet)."""
+        from .lightning_cli import build_cli
+
+        return build_cli(self.lightning_config(run_dir, progress, checkpoint_every))
+
+
+def _plain(value: Any) -> Any:
+    """A jsonargparse namespace (a method preset) as plain dicts."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if k != "__path__"}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
