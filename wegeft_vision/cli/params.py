@@ -6,8 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-HELP = "print the trainable parameters (excluding the head) of each method"
-
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="vit_base_patch16_224", help="timm architecture (random weights)")

@@ -17,8 +17,6 @@ from ..data.datamodule import BenchmarkDataModule
 from ..data.tasks import task_manifest
 from .module import ClassificationModule
 
-SUBCOMMANDS = ("fit", "validate", "test")
-
 
 def num_classes_of(dataset: str, manifest: str | None) -> int:
     """Classes of `dataset` according to its manifest (the bundled one unless `manifest` is given; a folder's own)."""
