@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from wegeft_vision.cli import main
 
 
@@ -22,6 +24,22 @@ def test_params_reproduces_table_6(tmp_path, capsys):
         assert count in lines[method] and millions in lines[method], lines[method]
     rows = {row["method"]: row for row in json.loads(out_json.read_text())["rows"]}
     assert rows["WeGeFT"]["trainable"] == 24_576 and rows["Full fine-tuning"]["trainable"] == 85_798_656
+
+
+def test_a_method_that_does_not_fit_marks_its_row_and_the_table_goes_on(tmp_path, capsys):
+    """VB-LoRA's vector length (256) divides no layer of the 192-wide mini-ViT: that row says so, the others count."""
+    pytest.importorskip("peft")
+    out_json = tmp_path / "params.json"
+    assert main(["params", "--model", "vit_mini_patch8_32", "--json", str(out_json)]) == 0
+    lines = {line.split("  ")[0].strip(): line for line in capsys.readouterr().out.splitlines()}
+    assert (
+        "n/a: peft: vblora with options {}: `in_features` 192 must be divisible by `vector_length` 256"
+        in lines["peft:vblora"]
+    )
+    assert "6,144" in lines["WeGeFT"] and "%" in lines["peft:ia3"]  # rows before and after it are counted
+    rows = {row["method"]: row for row in json.loads(out_json.read_text())["rows"]}
+    assert rows["peft:vblora"]["trainable"] is None and "vector_length" in rows["peft:vblora"]["error"]
+    assert rows["WeGeFT"]["trainable"] == 6_144
 
 
 def test_unknown_model_exits_non_zero_with_message(capsys):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from conftest import clone, make_tiny_vit, randomize_trainable
@@ -13,6 +15,7 @@ from wegeft_vision.methods import (
     LoRAConfig,
     LoRALinear,
     PromptedBlock,
+    SharedLoRAConfig,
     VPTConfig,
     count_trainable,
     inject,
@@ -112,6 +115,36 @@ def test_vpt_init_layers_and_refusals(tiny_vit):
         inject(clone(tiny_vit), VPTConfig(layers=(3,)))
     with pytest.raises(ValueError, match="num_prompts must be a positive integer"):
         VPTConfig(num_prompts=0)
+    with pytest.raises(ValueError, match=r"vpt: dropout must be in \[0, 1\), got nan"):
+        VPTConfig(dropout=float("nan"))
+    with pytest.raises(ValueError, match=r"vpt: layers must be a non-empty list of block indices \(or null\)"):
+        VPTConfig(layers=())  # would prompt no block at all: a linear probe under another name
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: LoRAConfig(alpha=float("nan")), "lora: alpha must be a non-zero finite number or null, got nan"),
+        (lambda: LoRAConfig(alpha=float("-inf")), "lora: alpha must be a non-zero finite number or null, got -inf"),
+        (lambda: LoRAConfig(rank=False), "lora: rank must be a positive integer, got False"),
+        (lambda: LoRAConfig(dropout="0.1"), r"lora: dropout must be in \[0, 1\), got '0.1'"),
+        (lambda: LoRAConfig(layers=(0, -1)), "lora: layers must be a non-empty list of block indices"),
+        (lambda: SharedLoRAConfig(alpha=0), "lora_shared: alpha must be a non-zero finite number or null, got 0"),
+        (lambda: BitFitConfig(include_patch_embed="false"), "bitfit: include_patch_embed must be true or false"),
+    ],
+)
+def test_options_a_run_could_not_use_are_refused(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+@pytest.mark.parametrize("config", [LoRAConfig(rank=33), SharedLoRAConfig(rank=33, targets=("mlp.fc2",))])
+def test_a_lora_rank_above_the_layer_width_is_refused(tiny_vit, config):
+    name = "blocks.0.attn.proj (32 -> 32)" if config.targets == ("attn.proj",) else "blocks.0.mlp.fc2 (64 -> 32)"
+    with pytest.raises(
+        ValueError, match=re.escape(f"{config.method}: rank must be at most 32, the width of {name}, got 33")
+    ):
+        inject(clone(tiny_vit), config)
 
 
 def test_merge_without_method_is_refused(tiny_vit):

@@ -12,6 +12,7 @@ from conftest import make_tiny_vit
 from wegeft_vision.methods import (
     VARIANTS,
     LoRAConfig,
+    Variant,
     WeGeFTConfig,
     config_from_dict,
     count_trainable,
@@ -46,6 +47,16 @@ def test_parameter_table_counts_each_variant_on_a_copy():
     assert by_name["wegeft-sep"]["trainable"] == 3 * by_name["wegeft"]["trainable"]  # 3 blocks, a pair each
     assert by_name["lora"]["config"] == LoRAConfig().to_dict() and by_name["lora"]["method"] == "LoRA"
     assert by_name["full"]["percent_of_backbone"] == 100.0
+
+
+def test_a_variant_that_does_not_fit_the_backbone_gets_its_reason_and_the_table_goes_on():
+    too_wide = Variant("lora-r64", "LoRA r64", LoRAConfig, {"rank": 64})  # the tiny ViT is 32 wide
+    chosen = [v for v in VARIANTS if v.name == "wegeft"] + [too_wide] + [v for v in VARIANTS if v.name == "lora"]
+    rows = parameter_table(make_tiny_vit(), chosen)
+    assert [r["variant"] for r in rows] == ["wegeft", "lora-r64", "lora"]
+    assert rows[1]["trainable"] is rows[1]["millions"] is rows[1]["percent_of_backbone"] is None
+    assert "rank must be at most 32, the width of blocks.0.attn.proj" in rows[1]["error"]
+    assert rows[2]["trainable"] > 0 and "error" not in rows[0] and "error" not in rows[2]
 
 
 def test_the_benchmark_runs_the_catalogue():

@@ -81,6 +81,12 @@ def test_fact_names_and_init(tiny_vit):
     assert torch.count_nonzero(model.blocks[1].mlp.fc1.factors.v) == 0
     with pytest.raises(ValueError, match="rank must be a positive integer"):
         FacTTTConfig(rank=0)
+    with pytest.raises(ValueError, match="fact_tk: scale must be a non-zero finite number, got nan"):
+        FacTTKConfig(scale=float("nan"))
+    with pytest.raises(
+        ValueError, match=r"fact_tt: rank must be at most 32, the width of blocks.0.attn.qkv \(32 -> 96\)"
+    ):
+        inject(clone(tiny_vit), FacTTTConfig(rank=33))
 
 
 @pytest.mark.parametrize(("config", "column", "paper"), [(FacTTTConfig, 0, 0.040), (FacTTKConfig, 2, 0.069)])

@@ -75,3 +75,11 @@ def test_genft_defaults_dropout_and_refusals(tiny_vit):
         inject(make_tiny_vit(), GenFTConfig(targets=("mlp.fc1",)))
     with pytest.raises(ValueError, match="unknown outer activation"):
         GenFTConfig(outer="swish")
+    with pytest.raises(ValueError, match="genft: scaling must be a non-zero finite number, got inf"):
+        GenFTConfig(scaling=float("inf"))
+    with pytest.raises(ValueError, match="genft: layer_rank must be a non-negative integer, got -1"):
+        GenFTConfig(layer_rank=-1)
+    with pytest.raises(
+        ValueError, match=r"genft: rank must be at most 32, the width of blocks.0.attn.proj \(32 -> 32\)"
+    ):
+        inject(make_tiny_vit(), GenFTConfig(rank=33, targets=("attn.proj",)))

@@ -82,6 +82,12 @@ def test_unknown_kind_and_bad_options():
         inject(make_tiny_vit(), HFPeftConfig(kind="nonesuch"))
     with pytest.raises(ValueError, match="does not take options"):
         inject(make_tiny_vit(), HFPeftConfig(kind="lora", options={"rank_typo": 3}))
+    with pytest.raises(ValueError, match="peft: options.lora_alpha must be a finite number, got nan"):
+        HFPeftConfig(kind="lora", options={"lora_alpha": float("nan")})
+    with pytest.raises(ValueError, match=r"options.r must be at most 32, the width of blocks.0.attn.proj \(32 -> 32\)"):
+        inject(make_tiny_vit(), HFPeftConfig(kind="dora", options={"r": 33}))
+    with pytest.raises(ValueError, match="peft: vblora with options {}: `in_features` 32 must be divisible by"):
+        inject(make_tiny_vit(), HFPeftConfig(kind="vblora"))  # peft's own check, with the kind named
 
 
 def test_peft_provides_what_peft_compat_relies_on():

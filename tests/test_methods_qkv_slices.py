@@ -76,6 +76,11 @@ def test_slice_targets_parse_and_refusals():
     assert parse_target("blocks.[01].attn.qkv") == ("blocks.[01].attn.qkv", ())
     with pytest.raises(ValueError, match="distinct"):
         LoRAConfig(targets=("attn.qkv[q,q]",))
+    with pytest.raises(
+        ValueError, match=r"target 'attn.qkv\[q,x\]': slices must be distinct names .* got \['q', 'x'\]"
+    ):
+        LoRAConfig(targets=("attn.qkv[q,x]",))  # a typo in a list is not read as a glob that matches nothing
+    assert parse_target("mlp.fc[12]") == ("mlp.fc[12]", ())  # a glob stays a glob
     with pytest.raises(ValueError, match="both whole and by q/k/v slices"):
         inject(make_tiny_vit(), LoRAConfig(targets=("attn.qkv", "attn.qkv[q]")))
     with pytest.raises(ValueError, match="not 3 equal slices"):

@@ -65,3 +65,8 @@ def test_spec_accepts_both_forms():
     assert config_from_spec(spec) == LoRAConfig(rank=4)
     with pytest.raises(ValueError, match="model.method: unknown class_path"):
         config_from_spec({"class_path": "x.DoRAConfig"}, "model.method")
+    misspelt = {"class_path": "wegeft_vision.methods.LoRAConfig", "init_arg": {"rank": 64}}
+    with pytest.raises(ValueError, match=r"model.method: unknown key\(s\) \['init_arg'\]; expected `class_path`"):
+        config_from_spec(misspelt, "model.method")  # would otherwise train LoRA's defaults without a word
+    with pytest.raises(ValueError, match="init_args should be a mapping, got 4"):
+        config_from_spec({"class_path": "wegeft_vision.methods.LoRAConfig", "init_args": 4}, "model.method")

@@ -162,11 +162,35 @@ def test_layer_subset_and_other_targets(tiny_vit):
         ({"compute": "activation", "dropout": 0.1}, "compute='activation' is exact only"),
         ({"dropout": 1.0}, "dropout must be in"),
         ({"targets": ()}, "targets must name at least one"),
+        ({"rank": True}, "rank must be a positive integer, got True"),
+        ({"alpha": float("nan")}, "alpha must be a non-zero finite number or null, got nan"),
+        ({"alpha": 0.0}, "alpha must be a non-zero finite number or null, got 0.0"),
+        ({"alpha": "16"}, "alpha must be a non-zero finite number or null, got '16'"),
+        ({"g_theta_ratio": float("inf")}, "g_theta_ratio must be a positive finite number, got inf"),
+        ({"g_theta_ratio": 0.01}, "leaves no hidden unit"),
+        ({"shared": "yes"}, "shared must be true or false, got 'yes'"),
+        ({"layers": []}, r"layers must be a non-empty list of block indices \(or null\), got \[\]"),
+        ({"layers": 3}, "layers must be a non-empty list"),
+        ({"targets": ("attn.proj", 7)}, "targets must be module-name patterns, got 7"),
     ],
 )
 def test_invalid_config_is_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         WeGeFTConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "layer"),
+    [
+        ({"rank": 33}, r"blocks.0.attn.proj \(32 -> 32\), got 33"),
+        ({"rank": 33, "variant": "d_out", "targets": ("mlp.fc1",)}, r"blocks.0.mlp.fc1 \(32 -> 64\), got 33"),
+        ({"rank": 40, "targets": ("attn.qkv[v]",), "layers": (2,)}, r"blocks.2.attn.qkv\[v\] \(32 -> 32\), got 40"),
+    ],
+)
+def test_a_rank_above_the_layer_width_is_refused_naming_the_layer(tiny_vit, kwargs, layer):
+    with pytest.raises(ValueError, match=f"wegeft: rank must be at most 32, the width of {layer}"):
+        inject(clone(tiny_vit), WeGeFTConfig(**kwargs))
+    assert count_trainable(inject(clone(tiny_vit), WeGeFTConfig(**{**kwargs, "rank": 32}))) > 0  # the width: fine
 
 
 def test_bad_targets_are_refused_with_the_pattern_named(tiny_vit):

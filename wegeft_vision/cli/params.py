@@ -22,6 +22,9 @@ def run(args: argparse.Namespace) -> int:
     width = max(len(row["method"]) for row in rows)
     print(f"{'method':<{width}} {'params':>12} {'(M)':>9} {'% backbone':>11}")
     for row in rows:
+        if row["trainable"] is None:  # the variant does not fit this architecture: the row says why
+            print(f"{row['method']:<{width}} n/a: {' '.join(row['error'].split())}")
+            continue
         print(
             f"{row['method']:<{width}} {row['trainable']:>12,} {row['millions']:>8.3f}M "
             f"{row['percent_of_backbone']:>10.3f}%"

@@ -16,9 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .options import check_layers
+
 CONFIG_ATTR = "peft_config"
 _BLOCK_INDEX = re.compile(r"(?:^|\.)blocks\.(\d+)(?:\.|$)")
-_SLICES = re.compile(r"^(.*[^\[.])\[([qkv ,]+)\]$")  # attn.qkv[q,v]; other [...] stay globs
+_SLICES = re.compile(r"^(.*[^\[.])\[([^\[\]]+)\]$")  # attn.qkv[q,v]; a [...] of other letters and no comma is a glob
 QKV = ("q", "k", "v")  # the row blocks of a fused attention projection, in timm's order
 
 
@@ -69,9 +71,10 @@ class TargetedConfig(MethodConfig):
         if not self.targets:
             raise ValueError(f"{self.method}: targets must name at least one module pattern")
         for target in self.targets:
+            if not isinstance(target, str) or not target:
+                raise ValueError(f"{self.method}: targets must be module-name patterns, got {target!r}")
             parse_target(target)  # refuse a bad q/k/v slice list here, not at injection
-        if self.layers is not None:
-            self.layers = tuple(int(i) for i in self.layers)
+        self.layers = check_layers(self.method, self.layers)
 
 
 class AdapterLinear(nn.Module):
@@ -202,8 +205,8 @@ def _matches(name: str, pattern: str) -> bool:
 def parse_target(pattern: str) -> tuple[str, tuple[str, ...]]:
     """Split `attn.qkv[q,v]` into the module pattern and its q/k/v slices (none: the whole layer)."""
     match = _SLICES.match(pattern)
-    if match is None:
-        return pattern, ()
+    if match is None or not (set(match.group(2)) <= set("qkv ,") or "," in match.group(2)):
+        return pattern, ()  # a glob such as `mlp.fc[12]`; a list with a comma is meant as slices
     names = tuple(s.strip() for s in match.group(2).split(","))
     bad = [s for s in names if s not in QKV]
     if bad or len(set(names)) != len(names):

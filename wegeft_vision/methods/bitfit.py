@@ -8,6 +8,7 @@ from typing import ClassVar
 from torch import nn
 
 from .base import MethodConfig, classifier
+from .options import check_flag
 
 _NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 
@@ -24,6 +25,9 @@ class BitFitConfig(MethodConfig):
     method: ClassVar[str] = "bitfit"
 
     include_patch_embed: bool = False
+
+    def __post_init__(self) -> None:
+        check_flag(self.method, "include_patch_embed", self.include_patch_embed)
 
     def apply(self, model: nn.Module) -> None:
         head = set(classifier(model).modules())

@@ -86,20 +86,22 @@ def variants() -> list[Variant]:
 
 def parameter_table(backbone: nn.Module, rows: Iterable[Variant] | None = None) -> list[dict[str, Any]]:
     """Per variant (default: `variants()`): its name, label, config, trainable parameters without the head, and their
-    share of the backbone's. `backbone` is not modified (each variant is injected into a copy)."""
+    share of the backbone's. `backbone` is not modified (each variant is injected into a copy). A variant that does not
+    fit the backbone (VB-LoRA's vector length on a narrow model) gets `trainable` None and the reason in `error`."""
     backbone_params = count_trainable(inject(copy.deepcopy(backbone), FullFinetuneConfig()))
     table = []
     for variant in variants() if rows is None else rows:
         config = variant.config()
-        trainable = count_trainable(inject(copy.deepcopy(backbone), config))
-        table.append(
-            {
-                "variant": variant.name,
-                "method": variant.label,
-                "config": config.to_dict(),
-                "trainable": trainable,
-                "millions": round(trainable / 1e6, 3),
-                "percent_of_backbone": 100.0 * trainable / backbone_params,
-            }
+        row: dict[str, Any] = {"variant": variant.name, "method": variant.label, "config": config.to_dict()}
+        try:
+            trainable = count_trainable(inject(copy.deepcopy(backbone), config))
+        except (ValueError, TypeError) as error:
+            table.append({**row, "trainable": None, "millions": None, "percent_of_backbone": None, "error": str(error)})
+            continue
+        row.update(
+            trainable=trainable,
+            millions=round(trainable / 1e6, 3),
+            percent_of_backbone=100.0 * trainable / backbone_params,
         )
+        table.append(row)
     return table

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import AdapterLinear, MethodConfig, find_linear_targets, replace_module
+from .options import check_dropout, check_int, check_number, check_rank
 
 ROLES = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 
@@ -74,14 +75,14 @@ class FacTTTConfig(MethodConfig):
     dropout: float = 0.1
 
     def __post_init__(self) -> None:
-        if not isinstance(self.rank, int) or self.rank < 1:
-            raise ValueError(f"{self.method}: rank must be a positive integer, got {self.rank!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"{self.method}: dropout must be in [0, 1), got {self.dropout!r}")
+        check_int(self.method, "rank", self.rank)
+        check_number(self.method, "scale", self.scale, nonzero=True)
+        check_dropout(self.method, "dropout", self.dropout)
 
     def apply(self, model: nn.Module) -> None:
         targets = find_linear_targets(model, ROLES)
         dim = targets[0][1].in_features  # the first block's qkv: d
+        check_rank(self.method, "rank", self.rank, *targets[0])  # U (r, d): d is every layer's width
         layers = []
         for name, linear in targets:
             role = next(r for r in ROLES if name.endswith(r))

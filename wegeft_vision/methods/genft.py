@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import AdapterLinear, TargetedConfig, block_index, find_linear_targets, replace_module
+from .options import check_dropout, check_int, check_number, check_rank
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "identity": nn.Identity,
@@ -68,12 +69,11 @@ class GenFTConfig(TargetedConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.rank, int) or self.rank < 1:
-            raise ValueError(f"genft: rank must be a positive integer, got {self.rank!r}")
-        if not isinstance(self.layer_rank, int) or self.layer_rank < 0:
-            raise ValueError(f"genft: layer_rank must be a non-negative integer, got {self.layer_rank!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"genft: dropout must be in [0, 1), got {self.dropout!r}")
+        check_int(self.method, "rank", self.rank)
+        check_int(self.method, "layer_rank", self.layer_rank, minimum=0)
+        for name in ("ratio", "scaling"):
+            check_number(self.method, name, getattr(self, name), nonzero=True)
+        check_dropout(self.method, "dropout", self.dropout)
         for key in ("outer", "inner"):
             name = getattr(self, key)
             if name not in ACTIVATIONS:
@@ -86,6 +86,7 @@ class GenFTConfig(TargetedConfig):
             d_out, d_in = shape = tuple(linear.weight.shape)
             if d_out != d_in:
                 raise ValueError(f"genft: {name} has a {d_out}x{d_in} weight; GenFT here needs square weights")
+            check_rank(self.method, "rank", self.rank, name, linear)
             factory = {"device": linear.weight.device, "dtype": linear.weight.dtype}
             if shape not in generators:
                 generators[shape] = GenFTGenerator(d_in, self, **factory)

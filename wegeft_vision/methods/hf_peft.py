@@ -11,12 +11,14 @@ beyond its documented API is in `peft_compat.py`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, ClassVar
 
 from torch import nn
 
 from . import peft_compat
 from .base import MethodConfig
+from .options import check_rank
 
 # our name -> (peft type, options fixed by the name, defaults for a ViT's attn.proj)
 KINDS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
@@ -52,11 +54,16 @@ class HFPeftConfig(MethodConfig):
         if isinstance(self.targets, str):
             self.targets = (self.targets,)
         self.targets = tuple(self.targets)
-        if not self.targets:
-            raise ValueError("peft: targets must name at least one module")
+        if not self.targets or not all(isinstance(t, str) and t for t in self.targets):
+            raise ValueError(f"peft: targets must name at least one module, got {list(self.targets)}")
         if self.options is not None and not isinstance(self.options, dict):
             raise ValueError(f"peft: options must be a mapping, got {self.options!r}")
-        self.kind = str(self.kind).lower()
+        for key, value in (self.options or {}).items():
+            if isinstance(value, float) and not math.isfinite(value):  # peft takes a NaN alpha without a word
+                raise ValueError(f"peft: options.{key} must be a finite number, got {value!r}")
+        if not isinstance(self.kind, str) or not self.kind:
+            raise ValueError(f"peft: kind must be a name such as {sorted(KINDS)}, got {self.kind!r}")
+        self.kind = self.kind.lower()
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "kind": self.kind, "targets": list(self.targets), "options": self.options}
@@ -76,7 +83,16 @@ class HFPeftConfig(MethodConfig):
             raise ValueError(f"peft: {self.kind} does not take options {options}: {err}") from err
 
     def apply(self, model: nn.Module) -> None:
-        peft_compat.inject(model, self.peft_config(), ADAPTER)
+        config = self.peft_config()
+        try:
+            peft_compat.inject(model, config, ADAPTER)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"peft: {self.kind} with options {self.options or {}}: {err}") from err
+        if str(config.peft_type.value) == "LORA":  # lora and dora: a rank above a layer's width is not low rank
+            layers = {id(layer) for layer in peft_compat.tuner_layers(model)}
+            for name, layer in model.named_modules():
+                if id(layer) in layers:
+                    check_rank(self.method, "options.r", config.r, name, layer.get_base_layer())
 
     def merge_model(self, model: nn.Module) -> None:
         for layer in peft_compat.tuner_layers(model):

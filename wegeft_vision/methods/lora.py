@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import AdapterLinear, TargetedConfig, find_linear_targets, replace_module
+from .options import check_dropout, check_int, check_number, check_rank
 
 
 @dataclasses.dataclass
@@ -35,10 +36,9 @@ class LoRAConfig(TargetedConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.rank, int) or self.rank < 1:
-            raise ValueError(f"lora: rank must be a positive integer, got {self.rank!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"lora: dropout must be in [0, 1), got {self.dropout!r}")
+        check_int(self.method, "rank", self.rank)
+        check_number(self.method, "alpha", self.alpha, optional=True, nonzero=True)
+        check_dropout(self.method, "dropout", self.dropout)
 
     @property
     def scale(self) -> float:
@@ -46,6 +46,7 @@ class LoRAConfig(TargetedConfig):
 
     def apply(self, model: nn.Module) -> None:
         for name, linear in find_linear_targets(model, self.targets, self.layers):
+            check_rank(self.method, "rank", self.rank, name, linear)
             replace_module(model, name, LoRALinear(linear, self))
 
 
@@ -63,6 +64,7 @@ class SharedLoRAConfig(LoRAConfig):
     def apply(self, model: nn.Module) -> None:
         owners: dict[tuple[int, int], LoRALinear] = {}
         for name, linear in find_linear_targets(model, self.targets, self.layers):
+            check_rank(self.method, "rank", self.rank, name, linear)
             shape = tuple(linear.weight.shape)
             layer = LoRALinear(linear, self, shared_with=owners.get(shape))
             owners.setdefault(shape, layer)

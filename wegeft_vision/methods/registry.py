@@ -60,8 +60,13 @@ def config_from_spec(data: dict[str, Any], source: str = "method config") -> Met
     class_name = RENAMED_CLASSES.get(class_name, class_name)
     if class_name not in by_class:
         raise ValueError(f"{source}: unknown class_path {data['class_path']!r}; known: {sorted(by_class)}")
+    init_args = data.get("init_args") or {}
+    unknown = sorted(set(data) - {"class_path", "init_args", "__path__"})  # jsonargparse notes the file it read
+    if unknown or not isinstance(init_args, dict):  # a misspelt `init_args` would leave every default in place
+        what = f"unknown key(s) {unknown}" if unknown else f"init_args should be a mapping, got {init_args!r}"
+        raise ValueError(f"{source}: {what}; expected `class_path` and `init_args`")
     try:
-        return config_from_dict({"method": by_class[class_name].method, **(data.get("init_args") or {})})
+        return config_from_dict({"method": by_class[class_name].method, **init_args})
     except ValueError as err:
         raise ValueError(f"{source}: {err}") from err
 

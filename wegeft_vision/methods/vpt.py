@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .base import MethodConfig, replace_module
+from .options import check_dropout, check_int, check_layers
 
 
 @dataclasses.dataclass
@@ -32,10 +33,9 @@ class VPTConfig(MethodConfig):
     layers: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.num_prompts, int) or self.num_prompts < 1:
-            raise ValueError(f"vpt: num_prompts must be a positive integer, got {self.num_prompts!r}")
-        if self.layers is not None:
-            self.layers = tuple(int(i) for i in self.layers)
+        check_int(self.method, "num_prompts", self.num_prompts)
+        check_dropout(self.method, "dropout", self.dropout)
+        self.layers = check_layers(self.method, self.layers)
 
     def apply(self, model: nn.Module) -> None:
         blocks = getattr(model, "blocks", None)

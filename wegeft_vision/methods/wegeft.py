@@ -29,6 +29,7 @@ from torch import nn
 from .base import AdapterLinear, TargetedConfig, find_linear_targets, replace_module
 from .g_theta import BLOCKS, NORMS, GThetaSpec
 from .input_side import input_side_linear
+from .options import check_dropout, check_flag, check_int, check_number, check_rank
 from .paca import PACA_BLOCKS
 
 Variant = Literal["d_in", "d_out"]
@@ -81,8 +82,8 @@ class WeGeFTConfig(TargetedConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.rank, int) or self.rank < 1:
-            raise ValueError(f"wegeft: rank must be a positive integer, got {self.rank!r}")
+        check_int(self.method, "rank", self.rank)
+        check_number(self.method, "alpha", self.alpha, optional=True, nonzero=True)
         if self.variant not in ("d_in", "d_out"):
             raise ValueError(f"wegeft: variant must be 'd_in' or 'd_out', got {self.variant!r}")
         if self.init not in ("psi_zero", "phi_zero"):
@@ -92,20 +93,17 @@ class WeGeFTConfig(TargetedConfig):
         if self.g_theta_norm not in NORMS:
             raise ValueError(f"wegeft: g_theta_norm must be one of {NORMS}, got {self.g_theta_norm!r}")
         for name in ("g_theta_heads", "num_clusters", "num_mixed_tokens"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"wegeft: {name} must be a positive integer, got {value!r}")
-        if not self.g_theta_ratio > 0 or self.rank % self.g_theta_heads:
-            raise ValueError(
-                f"wegeft: g_theta_ratio must be positive ({self.g_theta_ratio!r}) and rank divisible by "
-                f"g_theta_heads ({self.rank} by {self.g_theta_heads})"
-            )
-        if not isinstance(self.g_theta_per_layer, bool):
-            raise ValueError(f"wegeft: g_theta_per_layer must be true or false, got {self.g_theta_per_layer!r}")
+            check_int(self.method, name, getattr(self, name))
+        check_number(self.method, "g_theta_ratio", self.g_theta_ratio, positive=True)
+        if self.rank % self.g_theta_heads:
+            raise ValueError(f"wegeft: rank must be divisible by g_theta_heads ({self.rank} by {self.g_theta_heads})")
+        if int(self.rank * self.g_theta_ratio) < 1:
+            raise ValueError(f"wegeft: g_theta_ratio {self.g_theta_ratio!r} x rank {self.rank} leaves no hidden unit")
+        for name in ("shared", "g_theta_per_layer"):
+            check_flag(self.method, name, getattr(self, name))
         if self.compute not in ("auto", "activation", "factored", "weight"):
             raise ValueError(f"wegeft: compute must be auto|activation|factored|weight, got {self.compute!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"wegeft: dropout must be in [0, 1), got {self.dropout!r}")
+        check_dropout(self.method, "dropout", self.dropout)
         if self.compute == "activation" and (self.g_theta != "identity" or self.dropout > 0):
             raise ValueError("wegeft: compute='activation' is exact only with the identity g_theta and dropout 0")
 
@@ -117,6 +115,7 @@ class WeGeFTConfig(TargetedConfig):
         shared: dict[tuple[int, int], tuple[WeGeFTProjections, nn.Module | None]] = {}
         per_layer = self.g_theta_per_layer and self.shared
         for name, linear in find_linear_targets(model, self.targets, self.layers):
+            check_rank(self.method, "rank", self.rank, name, linear)
             shape = tuple(linear.weight.shape)
             dim, tokens = linear.in_features, linear.out_features
             if self.variant == "d_out":

@@ -11,6 +11,7 @@ LightningCLI for users; the protocol builds no command line.
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -43,10 +44,13 @@ SET_PER_RUN = {
 
 
 def check_overrides(overrides: Mapping[str, Any], where: str) -> None:
-    """Refuse an override of something every run sets itself, naming the key and where to change it instead."""
+    """Refuse an override of something every run sets itself (or of a part of it, such as
+    `model.method.init_args.rank`, which the run's own setting would replace), naming the key and where to change it
+    instead."""
     for key in overrides:
-        if key in SET_PER_RUN:
-            raise ValueError(f"{where} {key}={overrides[key]!r}: every run sets {key} from {SET_PER_RUN[key]}")
+        owner = next((k for k in SET_PER_RUN if key == k or key.startswith(f"{k}.")), None)
+        if owner is not None:
+            raise ValueError(f"{where} {key}={overrides[key]!r}: every run sets {owner} from {SET_PER_RUN[owner]}")
 
 
 @dataclass(frozen=True)
@@ -214,6 +218,43 @@ class RunConfig:
 
         return config_from_spec(_plain(self.resolved.model.method), "model.method")
 
+    def check_method(self, label: str | None = None) -> None:
+        """Build the method for real against the run's backbone, on the meta device (the timm architecture with the
+        run's `backbone_overrides`, no weights, no memory), so that every check a run makes of its method preset
+        happens now, before anything is pinned. Each (backbone, overrides, method) is built once per process.
+
+        Args:
+            label: the method's label in the protocol preset, named in the message.
+
+        Raises:
+            ValueError: one line naming the method (label and preset file), the option and its value; or the
+                backbone, when it cannot be built.
+        """
+        from ..methods import METHODS, config_from_spec
+
+        where = f"method {label} ({self.method})" if label else f"method preset {self.method}"
+        spec = _plain(self.resolved.model.method)
+        overrides = dict(self.resolved.model.backbone_overrides or {})
+        key = json.dumps([self.backbone, overrides, spec], sort_keys=True, default=str)
+        if key in _BUILT:
+            return
+        if not isinstance(spec, dict):  # an empty preset would train the module's default method without a word
+            raise ValueError(f"{where}: expected a mapping with `class_path` and `init_args`, got {spec!r}")
+        try:
+            config = config_from_spec(spec, where)
+            _build_method(self.backbone, overrides, config)
+        except _BackboneError as error:
+            raise ValueError(
+                f"model.backbone {self.backbone} (backbone_overrides {overrides}, recipe {self.recipe}) cannot be "
+                f"built: {error}"
+            ) from error
+        except Exception as error:  # noqa: BLE001 - whatever stops the method building would stop each of its runs
+            detail = " ".join(str(error.args[0] if isinstance(error, KeyError) else error).split())
+            detail = detail.removeprefix(f"{where}: ")
+            kind, sep, rest = detail.partition(": ")
+            raise ValueError(f"{where}: {rest if sep and kind in METHODS else detail}") from error
+        _BUILT.add(key)
+
     @property
     def precision(self) -> str:
         """The trainer's precision, with the fp32 matmul precision when it is not true fp32."""
@@ -226,6 +267,35 @@ class RunConfig:
         from .lightning_cli import build_cli
 
         return build_cli(self.lightning_config(run_dir, progress, checkpoint_every))
+
+
+_BUILT: set[str] = set()  # (backbone, overrides, method) built without error in this process
+
+
+class _BackboneError(Exception):
+    """The backbone itself could not be built: not the method's fault."""
+
+
+def _build_method(backbone: str, overrides: dict[str, Any], config: MethodConfig) -> None:
+    """`inject(backbone, config)` with the backbone on the meta device; again with real (random, CPU) tensors when
+    the method reads the weights while it builds (peft's SVD-initialised kinds cannot on the meta device)."""
+    import torch
+
+    from ..backbones import create_backbone
+    from ..methods import inject
+
+    for device in ("meta", "cpu"):
+        try:
+            with torch.device(device):
+                model = create_backbone(backbone, **overrides)
+        except Exception as error:  # noqa: BLE001 - timm's own errors for an unknown name or a bad override
+            raise _BackboneError(f"{type(error).__name__}: {error}") from error
+        try:
+            inject(model, config)  # outside the device context: what the method creates follows the weights' device
+            return
+        except (NotImplementedError, RuntimeError):
+            if device == "cpu":
+                raise
 
 
 def _plain(value: Any) -> Any:
