@@ -181,18 +181,46 @@ def test_plot_shows_every_method_for_tasks_outside_the_registry(tmp_path):
     assert points == {"wegeft": (pytest.approx(0.001024), 55.0), "linear": (0.0, 35.0)} and skipped == ["lora"]
 
 
-def test_a_random_init_control_is_noted_not_warned(tmp_path):
-    rows = [row("cifar", "wegeft", 70.0, weights="shipped@abc")]
-    rows += [row("cifar", "linear_random", 20.0, backbone="vit_b", weights="random:seed0")]
-    table = table_for(tmp_path, rows)
-    assert not table.warnings
+def test_a_random_init_control_joins_the_pretrained_table_of_its_architecture(tmp_path):
+    rows = [row("cifar", "wegeft", 70.0, backbone="vit_b16.augreg", weights="shipped@abc")]
+    rows += [row("cifar", "linear_random", 20.0, backbone="vit_b16", weights="random:seed0")]
+    (table,) = build_tables(read_results(write_csv(tmp_path / "results.csv", rows)))
+    assert not table.warnings and table.setup == "" and set(by_method(table)) == {"wegeft", "linear_random"}
     assert "On a randomly initialized backbone (a control, not compared for mixing): linear_random." in table.notes
 
 
-def test_mixed_backbones_warn(tmp_path):
-    rows = [row("cifar", "wegeft", 70.0), row("cifar", "lora", 70.0, backbone="vit_s16")]
-    (warning,) = table_for(tmp_path, rows).warnings
-    assert "vit_b16" in warning and "vit_s16" in warning
+def test_each_setup_gets_its_own_tables_named_by_it(tmp_path):
+    rows = [row("cifar", "wegeft", 70.0, weights="hub"), row("cifar", "lora", 68.0, weights="hub")]
+    rows += [row("cifar", "wegeft", 60.0, backbone="vit_s16", weights="hub")]
+    rows += [row("cifar", "linear_random", 20.0, backbone="vit_s16", weights="random:seed0")]
+    first, second = build_tables(read_results(write_csv(tmp_path / "results.csv", rows)))
+    assert (first.setup, second.setup) == ("vit_b16, weights hub", "vit_s16, weights hub")
+    assert first.title == "VTAB-1k: test top-1 (final) — vit_b16, weights hub" and not first.warnings
+    assert set(by_method(first)) == {"wegeft", "lora"} and set(by_method(second)) == {"wegeft", "linear_random"}
+    assert by_method(second)["wegeft"].cells["cifar"].mean == 60.0
+    paths = write_report(read_results(tmp_path / "results.csv"), tmp_path / "out")
+    assert len(paths) == 6 and first.setup_slug.startswith("vit_b16-") and first.setup_slug != second.setup_slug
+    assert (
+        "## VTAB-1k: test top-1 (final) — vit_s16, weights hub"
+        in paths[f"vtab-1k_final_{second.setup_slug}.md"].read_text()
+    )
+
+
+def test_one_setup_per_benchmark_keeps_the_plain_titles_and_file_names(tmp_path):
+    rows = [row("cifar", "wegeft", 70.0, preprocessing="authors_vtab"), row("cub", "wegeft", 80.0, benchmark="fgvc")]
+    results = write_csv(tmp_path / "results.csv", rows, [*COLUMNS, "preprocessing"])
+    tables = build_tables(read_results(results))
+    assert [(t.title, t.setup_slug) for t in tables] == [
+        ("VTAB-1k: test top-1 (final)", ""),
+        ("FGVC: test top-1 (final)", ""),
+    ]
+    assert "vtab-1k_final.md" in write_report(read_results(results), tmp_path / "out")
+
+
+def test_setups_that_differ_only_in_preprocessing_name_it(tmp_path):
+    rows = [row("cifar", "wegeft", 70.0, preprocessing=p) for p in ("paper:resize224", "paper:resize384")]
+    tables = build_tables(read_results(write_csv(tmp_path / "results.csv", rows, [*COLUMNS, "preprocessing"])))
+    assert [t.setup for t in tables] == [f"vit_b16, preprocessing paper:resize{n}" for n in (224, 384)]
 
 
 def test_write_report_writes_markdown_csv_and_a_valid_png(tmp_path):

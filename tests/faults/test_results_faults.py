@@ -348,3 +348,30 @@ def test_diverged_runs_count_in_no_cell_and_a_method_with_only_diverged_runs_is_
     assert search.rows[0].cells["cifar"].mean == 50.0 and search.diverged == [
         "cifar wegeft seed=0 lr=1 wd=0.0001: non-finite parameters"
     ]
+
+
+def test_report_of_two_backbones_or_weight_sources_keeps_them_apart(tmp_path):
+    base = dict(backbone="vit_base_patch16_224.augreg_in21k", weights="hub", preprocessing="paper:resize224")
+    rows = {
+        "in21k.csv": [result("cifar", 70.0, **base), result("dtd", 60.0, **base)],
+        "local.csv": [result("cifar", 40.0, **{**base, "weights": "file:/w/vit.pth@0123456789ab"})],
+        "mini.csv": [result("cifar", 50.0, **{**base, "backbone": "vit_mini_patch8_32.glyphs"})],
+    }
+    control = result("cifar", 20.0, method="linear_random", backbone="vit_base_patch16_224", weights="random:seed0")
+    rows["in21k.csv"].append({**control, "preprocessing": "paper:resize224"})
+    files = [write_results(tmp_path / name, group) for name, group in rows.items()]  # one run key in all three
+    ((code, out, err),) = run_clis(["report", *files, "--out", tmp_path / "report"])
+    assert code == 0 and "Traceback" not in err
+    titles = [line for line in out.splitlines() if line.startswith("## ")]
+    assert titles == [
+        "## VTAB-1k: test top-1 (final) — vit_base_patch16_224.augreg_in21k, weights hub",
+        "## VTAB-1k: test top-1 (final) — vit_base_patch16_224.augreg_in21k, weights file:/w/vit.pth@0123456789ab",
+        "## VTAB-1k: test top-1 (final) — vit_mini_patch8_32.glyphs, weights hub",
+    ]
+    tables = out.split("\n## ")
+    assert "| wegeft | 0.025 | 70.0 | 60.0 |" in tables[1] and "| linear_random | 0.025 | 20.0 | – |" in tables[1]
+    assert "| wegeft | 0.025 | 40.0 |" in tables[2] and "| wegeft | 0.025 | 50.0 |" in tables[3]  # none taken over
+    assert "| linear_random | 0.025 | 20.0 |" in tables[2]  # the control of both vit_base_patch16_224 setups ...
+    assert "linear_random" not in tables[3]  # ... and of no other architecture
+    written = sorted(p.name for p in (tmp_path / "report").glob("*.md"))
+    assert len(written) == 3 and all(name.startswith("vtab-1k_final_vit_") for name in written)

@@ -1,4 +1,5 @@
-"""`wegeft-vision report` tabulates the protocol's results.csv files like the paper's tables (VTAB-1k, FGVC)."""
+"""`wegeft-vision report` tabulates the protocol's results.csv files like the paper's tables (VTAB-1k, FGVC), one set
+of tables per setup (backbone, weights, preprocessing)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
     for warning in caught:
         print(f"wegeft-vision report: warning: {warning.message}", file=sys.stderr)
     tables = build_tables(rows, args.stage)
+    setups = list(dict.fromkeys(table.setup for table in tables if table.setup))
+    if setups:  # rows of several setups: never mixed, each table names its own
+        print(f"Results of {len(setups)} setup(s) (backbone, weights, preprocessing), each in tables of its own.\n")
     for table in tables:
         print(render_markdown(table))
         for warning in table.warnings:

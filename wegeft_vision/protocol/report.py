@@ -5,6 +5,9 @@ mean of the three group means. Tasks outside the registry given by name (synthet
 Folders of one's own (benchmark `custom`) get a table of their own, grouped by their manifests' `group` when they have
 one (each group's mean, then `Mean` of the group means), else with `Mean` over the tasks. Diverged runs are listed
 under their table and counted in no cell; rows that conflict for one run, or hold values out of range, are refused.
+Rows of different setups (backbone, weights, preprocessing: `setups`) are never mixed: each setup has tables of its
+own, named by it, and a random-init control goes with the pretrained rows of its architecture. Rows that disagree with
+their run's `result.json` (a value edited by hand) are refused.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data.registry import CUSTOM, FGVC, FGVC_DATASETS, STAGES, VTAB1K, VTAB_TASKS, fgvc_dataset, vtab_task
-from .results import STATES, TornRowWarning, scan_file, torn_message
+from .results import STATES, TornRowWarning, disagreement_message, disagreements, scan_file, torn_message
+from .setups import random_init, setup_labels, split_setups
 
 # column -> (type, the check of its value, what the message says is expected)
 RANGES: dict[str, tuple[type, Callable[[float], bool], str]] = {
@@ -71,10 +75,13 @@ class Table:
     warnings: list[str] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
     diverged: list[str] = field(default_factory=list)  # "<task> <method> seed=.. lr=.. wd=..: <reason>"
+    setup: str = ""  # the setup in words, when the rows hold several (`setups.setup_labels`)
+    setup_slug: str = ""  # its part of the table's file names (`setups.Setup.slug`)
 
     @property
     def title(self) -> str:
-        return f"{BENCHMARK_TITLES[self.benchmark]}: {STAGE_TITLES[self.stage]}"
+        title = f"{BENCHMARK_TITLES[self.benchmark]}: {STAGE_TITLES[self.stage]}"
+        return f"{title} — {self.setup}" if self.setup else title
 
 
 def read_results(paths: str | Path | Iterable[str | Path]) -> list[dict]:
@@ -89,7 +96,8 @@ def read_results(paths: str | Path | Iterable[str | Path]) -> list[dict]:
     Raises:
         FileNotFoundError: a file does not exist.
         ValueError: a file is empty or lacks a required column, or a row holds an unknown benchmark or state or a
-            value out of range (see `RANGES`); the message names the file, line and column.
+            value out of range (see `RANGES`), or differs from its run's `result.json` where the run folders are
+            beside the file (`results.disagreements`); the message names the file, line and column.
     """
     paths = [paths] if isinstance(paths, str | Path) else list(paths)
     rows = []
@@ -106,6 +114,9 @@ def read_results(paths: str | Path | Iterable[str | Path]) -> list[dict]:
         if missing:
             raise ValueError(f"results file {path} lacks the column(s) {', '.join(missing)}")
         rows.extend(_parse_row(dict(zip(scan.header, fields, strict=True)), path, line) for line, fields in scan.rows)
+        if found := disagreements(path, scan):
+            way_out = f"report refuses such a file: delete the line(s) and rerun the protocol on {path.parent}"
+            raise ValueError(disagreement_message(path, found, f"{way_out}, which writes them again from the runs"))
     return rows
 
 
@@ -132,7 +143,7 @@ def _parse_row(row: dict, path: Path, line: int) -> dict:
         if not math.isfinite(value) or (kind is int and not value.is_integer()) or not ok(value):
             raise ValueError(f"{where}, column {name!r}: expected {expected}, got {text!r}")
         parsed[name] = kind(value)
-    for name in ("group", "reason", "fingerprint"):
+    for name in ("group", "reason", "fingerprint", "backbone", "weights", "preprocessing"):
         parsed[name] = (row.get(name) or "").strip()
     parsed["_file"], parsed["_line"] = str(path), line
     return parsed
@@ -144,7 +155,8 @@ def _where(row: dict) -> str:
 
 def deduplicate(rows: list[dict]) -> list[dict]:
     """One row per run: identical repeats of a run key (`results.KEY`) are dropped; of rows that share
-    (benchmark, task, method, stage, seed, lr, weight_decay) under different fingerprints, the last is kept.
+    (benchmark, task, method, stage, seed, lr, weight_decay) under different fingerprints, the last is kept. Give it
+    the rows of one setup (`setups.split_setups`): the last row of another backbone is no newer result.
 
     Raises:
         ValueError: two rows of one run key disagree on a result (`RESULT_FIELDS`); the message names both rows.
@@ -171,7 +183,8 @@ def deduplicate(rows: list[dict]) -> list[dict]:
 
 
 def build_tables(rows: list[dict], stage: str = "final") -> list[Table]:
-    """One table per benchmark present (VTAB-1k first), after deduplication.
+    """One table per benchmark and setup present (VTAB-1k first, setups in order of appearance), after deduplication
+    within each setup; where a benchmark's rows hold several setups, each of its tables names its own (`Table.setup`).
 
     Args:
         rows: rows from `read_results`.
@@ -185,16 +198,24 @@ def build_tables(rows: list[dict], stage: str = "final") -> list[Table]:
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
-    staged = [row for row in deduplicate(rows) if row["stage"] == stage]
-    if not staged:
+    parts: dict[str, dict] = {}  # benchmark -> setup -> its rows of that benchmark and stage
+    for setup, members in split_setups(rows).items():
+        staged = [row for row in deduplicate(members) if row["stage"] == stage]
+        for benchmark in BENCHMARK_TITLES:
+            if mine := [row for row in staged if row["benchmark"] == benchmark]:
+                parts.setdefault(benchmark, {})[setup] = mine
+    tables = []
+    for benchmark in BENCHMARK_TITLES:
+        setups = parts.get(benchmark, {})
+        labels = setup_labels(setups) if len(setups) > 1 else {}  # a benchmark of one setup keeps its plain title
+        for setup, mine in setups.items():
+            named = (labels[setup], setup.slug) if labels else ("", "")
+            tables.append(_build_table(mine, benchmark, stage, *named))
+    if not tables:
         files = sorted({row["_file"] for row in rows if "_file" in row}) or ["the results"]
         hint = "; try --stage search" if stage == "final" else ""
         raise ValueError(f"no {stage} rows in {', '.join(files)} yet{hint}")
-    return [
-        _build_table([row for row in staged if row["benchmark"] == benchmark], benchmark, stage)
-        for benchmark in BENCHMARK_TITLES
-        if any(row["benchmark"] == benchmark for row in staged)
-    ]
+    return tables
 
 
 def _canonical(benchmark: str, task: str) -> str:
@@ -250,7 +271,7 @@ def _layout(benchmark: str, tasks: set[str]) -> tuple[list[str], dict[str, list[
     return columns + others, averages, notes
 
 
-def _build_table(rows: list[dict], benchmark: str, stage: str) -> Table:
+def _build_table(rows: list[dict], benchmark: str, stage: str, setup: str = "", slug: str = "") -> Table:
     per_seed: dict[str, dict[str, dict[int, float]]] = {}  # method -> task -> seed -> top-1
     params: dict[str, list[int]] = {}
     tasks, groups, diverged = set(), {}, []
@@ -280,26 +301,22 @@ def _build_table(rows: list[dict], benchmark: str, stage: str) -> Table:
         missing = [name for name in columns if name in tasks and name not in cells]
         if missing:
             notes.append(f"{method} has no result for {', '.join(missing)}.")
-    table = Table(benchmark, stage, columns, table_rows, notes, tasks=[c for c in columns if c in tasks])
+    shown = [c for c in columns if c in tasks]
+    table = Table(benchmark, stage, columns, table_rows, notes, tasks=shown, setup=setup, setup_slug=slug)
     if diverged:
         table.notes.append("Diverged runs (listed below) count in no cell and no mean.")
         table.diverged = diverged
-    controls = sorted({row["method"] for row in rows if _random_init(row)})
+    controls = sorted({row["method"] for row in rows if random_init(row)})
     if controls:
         table.notes.append(
             f"On a randomly initialized backbone (a control, not compared for mixing): {', '.join(controls)}."
         )
-    for name in ("backbone", "preset"):
-        values = sorted({row[name] for row in rows if row[name] and not (name == "backbone" and _random_init(row))})
-        if len(values) > 1:
-            table.warnings.append(
-                f"{table.title} mixes {name}s {', '.join(values)}; these numbers are not comparable with each other."
-            )
+    presets = sorted({row["preset"] for row in rows if row["preset"]})
+    if len(presets) > 1:
+        table.warnings.append(
+            f"{table.title} mixes presets {', '.join(presets)}; these numbers are not comparable with each other."
+        )
     return table
-
-
-def _random_init(row: dict) -> bool:
-    return (row.get("weights") or "").startswith("random")
 
 
 def _cell(values: list[float]) -> Cell:

@@ -92,6 +92,8 @@ def plot_accuracy_vs_params(table: Table, path: str | Path) -> list[str]:
     ax.set_xlabel(f"trainable parameters without head (M, log scale; below {PLOT_FLOOR:g} drawn at {PLOT_FLOOR:g})")
     ax.set_ylabel(label)
     ax.set_title(f"{BENCHMARK_TITLES[table.benchmark]} ({table.stage}): top-1 vs trainable parameters")
+    if table.setup:
+        fig.suptitle(table.setup, fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     if skipped:
         ax.text(0.01, 0.01, f"missing results (not shown): {', '.join(skipped)}", transform=ax.transAxes, fontsize=8)
@@ -102,7 +104,8 @@ def plot_accuracy_vs_params(table: Table, path: str | Path) -> list[str]:
 
 
 def write_tables(tables: list[Table], out_dir: str | Path) -> dict[str, Path]:
-    """Write `<benchmark>_<stage>.md`, `.csv` and `_accuracy_vs_params.png` for each table, each atomically.
+    """Write `<benchmark>_<stage>.md`, `.csv` and `_accuracy_vs_params.png` for each table, each atomically; where
+    a benchmark's rows hold several setups, `<benchmark>_<stage>_<setup>` (`Table.setup_slug`: backbone and digest).
 
     Returns:
         The written paths, keyed by file name.
@@ -111,7 +114,7 @@ def write_tables(tables: list[Table], out_dir: str | Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     for table in tables:
-        stem = f"{table.benchmark}_{table.stage}"
+        stem = "_".join(part for part in (table.benchmark, table.stage, table.setup_slug) if part)
         md, csv_path, png = (out_dir / f"{stem}{suffix}" for suffix in (".md", ".csv", "_accuracy_vs_params.png"))
         write_atomic(md, render_markdown(table))
         header, records = table_records(table)

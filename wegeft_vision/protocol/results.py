@@ -5,6 +5,10 @@ A crash mid-write can leave a torn last row (no final newline, or too few fields
 file without them, so a new row is never glued to a fragment. A file of an earlier version (fewer columns) is upgraded
 in place by the same atomic rewrite. A row lost that way is re-derived: rerunning the protocol on the same folder
 appends the rows of every run that finished (from Optuna and the runs' `result.json`).
+
+A row is also checked against its run's own record, `<folder>/<run_dir>/result.json` (`disagreements`): a value
+edited by hand is neither kept nor overwritten without a word; the protocol and `report` refuse it by file, line and
+column.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import csv
 import fcntl
 import io
+import json
 import math
 import os
 import warnings
@@ -57,6 +62,8 @@ STATES = ("finished", "diverged")  # diverged: loss or parameters became non-fin
 FILL = {"state": "finished"}  # what an upgraded file's missing columns hold (others: empty)
 TORN_SUFFIX = ".torn"
 REDERIVE = "running the protocol again on the same --out re-derives its row (from Optuna and the run's result.json)"
+RESULT_FILE = "result.json"  # a run's own record (`runs.train_run`): its spec and its row
+SHOWN = 3  # disagreeing rows named in a message; the others are counted
 
 
 class TornRowWarning(UserWarning):
@@ -70,6 +77,15 @@ class Scan:
     header: list[str] = field(default_factory=list)
     rows: list[tuple[int, list[str]]] = field(default_factory=list)
     torn: list[tuple[int, str]] = field(default_factory=list)  # (line, raw text as in the file)
+
+
+@dataclass(frozen=True)
+class Disagreement:
+    """A row of a results file that differs from its run's `result.json`: (column, file's value, run's value)."""
+
+    line: int
+    record: Path
+    columns: tuple[tuple[str, str, str], ...]
 
 
 def row_key(row: Mapping[str, Any]) -> tuple[str, ...]:
@@ -255,3 +271,76 @@ def _csv(rows: list[dict[str, Any]], header: bool) -> str:
         writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
+
+
+def disagreements(path: str | Path, scan: Scan | None = None) -> list[Disagreement]:
+    """The rows of a results file whose values differ from their run's record, `<folder>/<run_dir>/result.json`.
+
+    Rows whose run folder or record is not there (a copied file, a run folder removed) are not checked, nor rows whose
+    folder now holds a run of another fingerprint (changed data: the new run reuses the folder, the old row stays).
+
+    Args:
+        path: the results file; run folders are read relative to its folder (the protocol's `--out`).
+        scan: the file's `scan_file`, when the caller has it already.
+    """
+    path = Path(path)
+    if scan is None:
+        if not path.is_file():
+            return []
+        scan = scan_file(path)
+    found = []
+    for line, fields in scan.rows:
+        row = dict(zip(scan.header, fields, strict=True))
+        if not row.get("run_dir"):
+            continue
+        record = path.parent / row["run_dir"] / RESULT_FILE
+        saved = _recorded_row(record)
+        if saved is None or _text(saved.get("fingerprint")) != row.get("fingerprint", ""):
+            continue
+        differ = tuple(
+            (name, row[name], _text(saved[name]))
+            for name in COLUMNS
+            if name != "run_dir" and name in row and name in saved and row[name] != _text(saved[name])
+        )
+        if differ:
+            found.append(Disagreement(line, record, differ))
+    return found
+
+
+def disagreement_message(path: str | Path, found: list[Disagreement], way_out: str) -> str:
+    """One line naming each disagreeing row (file, line, column, both values; the first `SHOWN`), then `way_out`."""
+    named = []
+    for item in found[:SHOWN]:
+        values = ", ".join(
+            f"column {name!r} holds {mine!r} where the run recorded {theirs!r}" for name, mine, theirs in item.columns
+        )
+        named.append(f"{path}, line {item.line}: {values} ({item.record})")
+    more = f"; and {len(found) - SHOWN} more row(s)" if len(found) > SHOWN else ""
+    return f"{'; '.join(named)}{more}: edited by hand? {way_out}"
+
+
+def check_against_runs(path: str | Path, way_out: str) -> None:
+    """Refuse a results file that disagrees with its runs' records (see `disagreements`).
+
+    Raises:
+        ValueError: some row differs from its run's `result.json`; the message names each (file, line, column, both
+            values) and ends with `way_out`.
+    """
+    found = disagreements(path)
+    if found:
+        raise ValueError(disagreement_message(path, found, way_out))
+
+
+def _recorded_row(record: Path) -> dict[str, Any] | None:
+    """The row in a run's `result.json`, or None when there is none to compare with (absent or unreadable)."""
+    try:
+        saved = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+    row = saved.get("row") if isinstance(saved, dict) else None
+    return row if isinstance(row, dict) else None
+
+
+def _text(value: Any) -> str:
+    """A value as `append_rows` writes it into the file."""
+    return "" if value is None else str(value)

@@ -30,8 +30,9 @@ from ..files import write_atomic
 from ..methods import count_trainable
 from ..training.run_config import RunConfig
 from .preset import result_settings
+from .results import RESULT_FILE
+from .setups import backbone_label
 
-RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.csv"
 EARLIER_METRICS_FILE = "metrics.earlier.csv"  # epochs logged before a resume (CSVLogger starts a new metrics.csv)
 
@@ -230,6 +231,7 @@ def _row(spec: RunSpec, out: Path, run_dir: Path, cli: Any, top1: float | None, 
     """The results row of a finished run, or (`top1` None) of a diverged one."""
     model, data, trainer = cli.model, cli.datamodule, cli.trainer
     source = weights_source(model.network)
+    name = model.network.default_cfg["architecture"] if source["kind"] == "random" else backbone_tag(model.network)
     return {
         "benchmark": spec.benchmark,
         "task": spec.task,
@@ -246,9 +248,7 @@ def _row(spec: RunSpec, out: Path, run_dir: Path, cli: Any, top1: float | None, 
         "best_top1": "",
         "best_epoch": "",
         "params": count_trainable(model.network),  # the head excluded, as in the paper's tables
-        "backbone": model.network.default_cfg["architecture"]
-        if source["kind"] == "random"
-        else backbone_tag(model.network),
+        "backbone": backbone_label(name, model.hparams.backbone_overrides),
         "preset": spec.preset,
         "schedule_epochs": model.hparams.epochs,
         "weights": describe_source(source),
