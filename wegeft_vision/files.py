@@ -178,9 +178,10 @@ def safe_torch_load(path: str | Path) -> Any:
             warnings.simplefilter("ignore")  # e.g. the pickle protocol of a file written by pickle, not torch.save
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        found = re.search(r"WeightsUnpickler error: ([^\n]*?)(?: Please use|\n|$)", str(err))
-        raise UnsafePickle(
-            found.group(1).strip() if found and found.group(1).strip() else "objects other than tensors"
-        ) from err
+        found = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:Please use|\n\n|$)", str(err), re.DOTALL)
+        detail = " ".join(found.group(1).split()) if found else ""
+        if not detail or detail.startswith("Unsupported operand"):  # not a pickle it reads: damaged or foreign bytes
+            raise UnreadableFile(f"not a PyTorch file ({detail or 'not a pickle'})") from err
+        raise UnsafePickle(detail) from err
     except Exception as err:  # whatever a damaged or foreign file makes the reader raise
         raise UnreadableFile(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__) from err

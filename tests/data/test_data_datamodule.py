@@ -76,7 +76,8 @@ def test_cached_loader_matches_the_decoding_loader(vtab_root, vtab_tiny_manifest
 
 
 def test_counts_are_enforced_unless_allowed(vtab_root):
-    with pytest.raises(ValueError, match=r"train800.txt: 6 entries, expected 800 \(pass allow_count_mismatch"):
+    accept = r"train800.txt: 6 entries, expected 800; to accept it: --set data.allow_count_mismatch=true"
+    with pytest.raises(ValueError, match=accept):
         vtab(vtab_root, None, "search").setup()
     module = vtab(vtab_root, None, "search", allow_count_mismatch=True)
     module.setup()

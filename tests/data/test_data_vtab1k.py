@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from wegeft_vision.data import load_vtab1k_split, read_split_file, task_dir, write_split_file
@@ -14,11 +16,18 @@ def test_roundtrip_and_paths_with_spaces(tmp_path):
     assert read_split_file(path) == samples
 
 
-@pytest.mark.parametrize("line", ["images/a.png", "images/a.png x", "images/a.png -1"])
-def test_malformed_line_names_file_and_line(tmp_path, line):
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("images/a.png", "expected 'relative/path label'"),
+        ("images/a.png x", "expected 'relative/path label'"),
+        ("images/a.png -1", "label -1 is negative; labels are class indices 0, 1, ..."),
+    ],
+)
+def test_malformed_line_names_file_and_line(tmp_path, line, message):
     path = tmp_path / "val200.txt"
     path.write_text(f"images/ok.png 1\n{line}\n")
-    with pytest.raises(ValueError, match=r"val200.txt:2: expected 'relative/path label'"):
+    with pytest.raises(ValueError, match=rf"val200.txt:2: {re.escape(message)}"):
         read_split_file(path)
 
 

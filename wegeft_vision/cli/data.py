@@ -36,6 +36,12 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     chk.add_argument("--splits", type=Path, help="FGVC: folder of the JSON split files (default: --root)")
     chk.add_argument("--manifest", type=Path, help="manifest file (required for a custom task or dataset)")
     chk.add_argument("--allow-count-mismatch", action="store_true", help="accept counts that differ from the manifest")
+    chk.add_argument(
+        "--update-manifest",
+        action="store_true",
+        help="a folder of your own: describe it as it is now in its manifest.yaml (after a change made on purpose, or "
+        "in a copy), then check it",
+    )
     chk.add_argument("--no-images", action="store_true", help="skip decoding the images (layout and labels only)")
     chk.add_argument("--workers", type=int, help="decoding threads (default: min(8, CPUs))")
     chk.add_argument("--max-problems", type=int, default=20, help="problems and warnings listed per split; 0: all")
@@ -70,8 +76,16 @@ def _check(args: argparse.Namespace) -> int:
 
     if not is_folder_ref(args.target):
         parse_target(args.target, strict=args.manifest is None)
+        if args.update_manifest:
+            raise ValueError(f"--update-manifest describes a folder of your own; {args.target} is a benchmark's task")
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers should be at least 1, got {args.workers}")
+    if args.update_manifest:
+        from ..data.folders import MANIFEST_FILE, update_manifest
+
+        manifest = update_manifest(args.target)
+        counts = ", ".join(f"{name} {entry.count:,}" for name, entry in manifest.splits.items())
+        print(f"wrote {Path(args.target) / MANIFEST_FILE}: {manifest.num_classes} classes; {counts}")
     report = check(
         args.target,
         args.root,

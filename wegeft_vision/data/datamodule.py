@@ -148,6 +148,7 @@ class BenchmarkDataModule(L.LightningDataModule):
         """Read the stage's split files and build its datasets (from the cache where the pipeline allows)."""
         if self.datasets:
             return
+        self.task.verify()
         samples = {split: self.task.samples(split, self.allow_count_mismatch) for split in self.train_splits}
         self.samples = {
             "train": [s for split in self.train_splits for s in samples[split]],

@@ -17,9 +17,8 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
-
 from ..files import sha256_of
+from .class_folders import class_names, scan_split
 from .manifests import Manifest, SplitEntry, read_manifest, read_text, write_manifest
 from .registry import BENCHMARKS, CUSTOM, IMAGEFOLDER, IMAGEFOLDER_SPLITS, VTAB1K, VTAB_SPLITS
 from .vtab1k import parse_split_file
@@ -46,8 +45,11 @@ def detect_layout(folder: str | Path) -> str:
 
     Raises:
         FileNotFoundError: the folder does not exist, or holds neither layout (the message says what is missing).
+        NotADirectoryError: a file where the folder should be.
     """
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"task folder {folder} is a file: give the folder that holds the task's splits")
     if not folder.is_dir():
         raise FileNotFoundError(f"task folder {folder} does not exist")
     split_files = [s for s in VTAB_SPLITS if (folder / f"{s}.txt").is_file()]
@@ -69,23 +71,17 @@ def detect_layout(folder: str | Path) -> str:
 
 
 def imagefolder_split(folder: str | Path, split: str, classes: tuple[str, ...]) -> list[tuple[str, int]]:
-    """`(path relative to the task folder, class index)` of one ImageFolder split, sorted.
+    """`(path relative to the task folder, class index)` of one ImageFolder split, sorted (`class_folders.scan_split`).
 
     Raises:
         FileNotFoundError: the split folder is missing.
-        ValueError: a class folder that is not one of `classes`.
+        ValueError: a class folder that is not one of `classes`, or what makes the split unusable (a link loop, an
+            unreadable folder or image, the same image in two classes, a training class without images), named.
+        PermissionError: the split folder cannot be read.
     """
-    folder = Path(folder)
-    root = folder / split
-    if not root.is_dir():
-        raise FileNotFoundError(f"missing split folder {root}")
-    found = sorted(entry.name for entry in root.iterdir() if entry.is_dir())
-    unknown = [name for name in found if name not in classes]
-    if unknown:
-        raise ValueError(f"{root}: class folder(s) {', '.join(unknown)} are not among the classes of train/")
-    index = {name: classes.index(name) for name in found}
-    samples = make_dataset(str(root), index, extensions=IMG_EXTENSIONS, allow_empty=True)
-    return [(str(Path(path).relative_to(folder)), label) for path, label in samples]
+    scan = scan_split(folder, split, classes)
+    scan.raise_errors()
+    return scan.samples
 
 
 def listing_sha256(samples: list[tuple[str, int]]) -> str:
@@ -106,7 +102,7 @@ def describe_folder(folder: str | Path, group: str | None = None, source: dict[s
     splits: dict[str, SplitEntry] = {}
     if layout == IMAGEFOLDER:
         train = folder / "train"
-        classes = tuple(sorted(entry.name for entry in train.iterdir() if entry.is_dir()))
+        classes = tuple(class_names(train))
         if not classes:
             raise ValueError(f"{train} holds no class folders")
         for split in IMAGEFOLDER_SPLITS:
@@ -136,6 +132,7 @@ def describe_folder(folder: str | Path, group: str | None = None, source: dict[s
         source=source or {},
         layout=layout,
         classes=classes,
+        folder=str(folder.resolve()),
     )
 
 
@@ -155,3 +152,14 @@ def open_folder(folder: str | Path, group: str | None = None, source: dict[str, 
     if manifest.benchmark != CUSTOM:
         raise ValueError(f"{path} describes a {manifest.benchmark} task, not a custom folder (benchmark: {CUSTOM})")
     return manifest
+
+
+def update_manifest(folder: str | Path) -> Manifest:
+    """Describe a task folder as it is now and write its manifest again, keeping the group and source of the one
+    there (`wegeft-vision data check FOLDER --update-manifest`): after a change made on purpose, or for a copy."""
+    folder = Path(folder).expanduser()
+    path = folder / MANIFEST_FILE
+    earlier = read_manifest(path) if path.is_file() else None
+    described = describe_folder(folder, earlier.group if earlier else None, earlier.source if earlier else None)
+    write_manifest(described, path, header=f"task folder {folder.name}")
+    return read_manifest(path)

@@ -4,16 +4,14 @@ data root (`--data-root`, one folder per task or dataset) holds them; synthetic 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from .folders import MANIFEST_FILE, is_folder_ref
 from .registry import CUSTOM, FGVC, FGVC_DATASETS, VTAB1K, VTAB_TASKS, parse_target
-from .synthetic import TASKS as SYNTHETIC_TASKS
-from .synthetic import write_synthetic
+from .synthetic import synthetic_kind, synthetic_manifest, write_synthetic
 from .tasks import Task, open_task
-
-SYNTHETIC_PREFIX = "synthetic_"
 
 
 def task_refs(names: list[str], benchmark: str | None = None) -> list[tuple[str, str]]:
@@ -40,11 +38,18 @@ def task_refs(names: list[str], benchmark: str | None = None) -> list[tuple[str,
     return list(dict.fromkeys(refs))
 
 
-def locate_task(benchmark: str, name: str, data_root: str | Path, splits_dir: str | Path | None = None) -> Task:
+def locate_task(
+    benchmark: str,
+    name: str,
+    data_root: str | Path,
+    splits_dir: str | Path | None = None,
+    synthetic: Mapping[str, Any] | None = None,
+) -> Task:
     """A task under a data root, the folder holding one folder per task or dataset (`protocol --data-root`): a
-    registered VTAB-1k task or FGVC dataset, or a task that brings `DATA_ROOT/<name>/manifest.yaml`; a folder of one's
-    own (`custom`, `name` its path) needs no data root. Only a manifest is read, so a plan can describe the task
-    before its data exists.
+    registered VTAB-1k task or FGVC dataset, or a task that brings `DATA_ROOT/<name>/manifest.yaml`, or (with the
+    preset's `synthetic` options) a synthetic task not written yet, described as it will be; a folder of one's own
+    (`custom`, `name` its path) needs no data root. Only manifests are read, so a plan can describe the task before
+    its data exists.
 
     Raises:
         FileNotFoundError: a task outside the registry whose manifest is missing.
@@ -55,11 +60,16 @@ def locate_task(benchmark: str, name: str, data_root: str | Path, splits_dir: st
     if benchmark not in (VTAB1K, FGVC):
         raise ValueError(f"{benchmark}/{name}: a data root holds vtab-1k tasks and fgvc datasets")
     data_root = Path(data_root)
-    registered = name in (VTAB_TASKS if benchmark == VTAB1K else FGVC_DATASETS)
-    manifest = None if registered else data_root / name / MANIFEST_FILE
-    if manifest is not None and not manifest.is_file():
-        raise FileNotFoundError(f"task {benchmark}/{name} is not in the registry and {manifest} does not exist")
     root = data_root / name if benchmark == FGVC else data_root  # an FGVC dataset's folder is DATA_ROOT/<name>
+    if name in (VTAB_TASKS if benchmark == VTAB1K else FGVC_DATASETS):
+        return open_task(f"{benchmark}/{name}", root, splits_dir)
+    manifest = data_root / name / MANIFEST_FILE
+    kind = synthetic_kind(name)
+    if not manifest.is_file() and synthetic is not None and kind is not None:
+        described = synthetic_manifest(kind, synthetic.get("counts"), synthetic.get("size", 64), layout=benchmark)
+        return replace(open_task(f"{benchmark}/{name}", root, splits_dir, described), manifest_file=manifest)
+    if not manifest.is_file():
+        raise FileNotFoundError(f"task {benchmark}/{name} is not in the registry and {manifest} does not exist")
     return open_task(f"{benchmark}/{name}", root, splits_dir, manifest)
 
 
@@ -70,24 +80,24 @@ def find_task(
     splits_dir: str | Path | None = None,
     synthetic: Mapping[str, Any] | None = None,
 ) -> Task:
-    """`locate_task`, with the task's folder required to exist; a synthetic task (`synthetic_<kind>`, see
-    `data.synthetic.TASKS`) missing under the data root is written there first when `synthetic` options (`size`,
-    `counts`) are given.
+    """`locate_task`, with the task's folder required to exist (and a folder of one's own to match its manifest:
+    `Task.verify`); a synthetic task (`synthetic_<kind>`, see `data.synthetic.TASKS`) missing under the data root is
+    written there first when `synthetic` options (`size`, `counts`) are given.
 
     Raises:
         FileNotFoundError: the task's folder, or (outside the registry) its manifest, is missing.
-        ValueError: no data root for a task that is not a folder of one's own; an unknown benchmark.
+        ValueError: no data root for a task that is not a folder of one's own; an unknown benchmark; a folder of one's
+            own that changed since its manifest was written.
     """
     if benchmark != CUSTOM:
         if data_root is None:
             raise ValueError(f"--data-root is required for {benchmark}/{name} (the folder holding its folder)")
-        kind = name.removeprefix(SYNTHETIC_PREFIX)
+        kind = synthetic_kind(name)
         registered = name in VTAB_TASKS or name in FGVC_DATASETS
-        missing = not (Path(data_root) / name / MANIFEST_FILE).is_file()
-        if synthetic is not None and not registered and missing and name.startswith(SYNTHETIC_PREFIX):
-            if kind in SYNTHETIC_TASKS:
-                counts, size = synthetic.get("counts"), synthetic.get("size", 64)
-                write_synthetic(data_root, kind, counts, size, 0, layout=benchmark)
+        written = (Path(data_root) / name / MANIFEST_FILE).is_file()
+        if synthetic is not None and kind is not None and not registered and not written:
+            write_synthetic(data_root, kind, synthetic.get("counts"), synthetic.get("size", 64), 0, layout=benchmark)
     task = locate_task(benchmark, name, data_root or ".", splits_dir)
     task.folder  # noqa: B018 - a missing folder fails here, before any training
+    task.verify()  # a folder of one's own changed since its manifest: named here, before any training
     return task

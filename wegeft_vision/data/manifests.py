@@ -51,6 +51,7 @@ class Manifest:
     path: Path | None = None
     layout: str = ""
     classes: tuple[str, ...] = ()
+    folder: str = ""  # a folder of one's own: the folder it was written for (a copy or a move is told by it)
 
     @property
     def format(self) -> str:
@@ -62,6 +63,8 @@ class Manifest:
         out: dict[str, Any] = {"benchmark": self.benchmark, "name": self.name, "num_classes": self.num_classes}
         if self.layout:
             out["layout"] = self.layout
+        if self.folder:
+            out["folder"] = self.folder
         if self.classes:
             out["classes"] = list(self.classes)
         if self.group:
@@ -139,6 +142,7 @@ def parse_manifest(raw: Any, where: str = "<memory>") -> Manifest:
         source=dict(raw.get("source", {})),
         layout=layout,
         classes=classes,
+        folder=str(raw.get("folder", "")),
     )
 
 

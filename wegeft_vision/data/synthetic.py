@@ -35,6 +35,7 @@ TASKS = {"shape": len(SHAPES), "colour": len(COLOURS), "position": POSITION_BINS
 TARGET_RADIUS = {"textured": (0.14, 0.22), "sprites": (0.24, 0.32)}  # circumradius, as a share of the image side
 STYLES = tuple(TARGET_RADIUS)
 DEFAULT_COUNTS = {"train800": 800, "val200": 200, "test": 500}
+PREFIX = "synthetic_"  # the names of synthetic tasks: synthetic_<task>
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,48 @@ def task_name(task: str) -> str:
     """The folder (and manifest) name of a synthetic task, e.g. `synthetic_shape`."""
     if task not in TASKS:
         raise ValueError(f"unknown synthetic task {task!r}; expected one of {', '.join(TASKS)}")
-    return f"synthetic_{task}"
+    return f"{PREFIX}{task}"
+
+
+def synthetic_kind(name: str) -> str | None:
+    """The label task of a synthetic task's name (`synthetic_shape` -> `shape`), None for any other name."""
+    kind = name.removeprefix(PREFIX)
+    return kind if name.startswith(PREFIX) and kind in TASKS else None
+
+
+def synthetic_manifest(
+    task: str = "shape",
+    counts: Mapping[str, int] | None = None,
+    size: int = 64,
+    seed: int = 0,
+    layout: str = VTAB1K,
+    name: str | None = None,
+    style: str = "textured",
+) -> Manifest:
+    """The manifest `write_synthetic` writes with these arguments, without writing anything (what a plan describes).
+
+    Raises:
+        ValueError: an unknown task or layout, or counts that are not non-negative numbers of train800, val200, test.
+    """
+    if layout not in (VTAB1K, FGVC):
+        raise ValueError(f"unknown layout {layout!r}; expected {VTAB1K} or {FGVC}")
+    counts = {**DEFAULT_COUNTS, **(counts or {})}
+    unknown = set(counts) - set(DEFAULT_COUNTS)
+    if unknown or any(n < 0 for n in counts.values()):
+        raise ValueError(f"counts should map train800, val200, test to non-negative numbers, got {dict(counts)}")
+    if layout == VTAB1K:
+        sizes = {**counts, "train800val200": counts["train800"] + counts["val200"]}
+        entries = {s: SplitEntry(s, f"{s}.txt", sizes[s]) for s in VTAB_SPLITS}
+    else:
+        sizes = dict(zip(FGVC_SPLITS, (counts["train800"], counts["val200"], counts["test"]), strict=True))
+        entries = {s: SplitEntry(s, f"{s}.json", sizes[s]) for s in FGVC_SPLITS}
+    return Manifest(
+        benchmark=layout,
+        name=name or task_name(task),
+        num_classes=TASKS[task],
+        splits=entries,
+        source={"generator": "wegeft_vision.data.synthetic", "task": task, "size": size, "seed": seed, "style": style},
+    )
 
 
 def write_synthetic(
@@ -183,14 +225,8 @@ def write_synthetic(
     """
     if style == "sprites" and task == "colour":
         raise ValueError("sprites scenes are white on black: their colour task has nothing to see")
-    if layout not in (VTAB1K, FGVC):
-        raise ValueError(f"unknown layout {layout!r}; expected {VTAB1K} or {FGVC}")
-    counts = {**DEFAULT_COUNTS, **(counts or {})}
-    unknown = set(counts) - set(DEFAULT_COUNTS)
-    if unknown or any(n < 0 for n in counts.values()):
-        raise ValueError(f"counts should map train800, val200, test to non-negative numbers, got {dict(counts)}")
-    default = task_name(task)  # also checks the task
-    name = name or default
+    manifest = synthetic_manifest(task, counts, size, seed, layout, name, style)  # checks the arguments
+    counts, name = {**DEFAULT_COUNTS, **(counts or {})}, manifest.name
     folder = Path(out) / name
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "masks").mkdir(parents=True, exist_ok=True)
@@ -212,19 +248,10 @@ def write_synthetic(
         splits["train800val200"] = splits["train800"] + splits["val200"]
         for split, samples in splits.items():
             write_split_file(folder / f"{split}.txt", samples)
-        entries = {s: SplitEntry(s, f"{s}.txt", len(splits[s])) for s in VTAB_SPLITS}
     else:
         splits = dict(zip(FGVC_SPLITS, splits.values(), strict=True))
         for split, samples in splits.items():
             (folder / f"{split}.json").write_text(json.dumps(dict(samples), indent=0))
-        entries = {s: SplitEntry(s, f"{s}.json", len(splits[s])) for s in FGVC_SPLITS}
-    manifest = Manifest(
-        benchmark=layout,
-        name=name,
-        num_classes=TASKS[task],
-        splits=entries,
-        source={"generator": "wegeft_vision.data.synthetic", "task": task, "size": size, "seed": seed, "style": style},
-    )
     write_manifest(manifest, folder / "manifest.yaml", header=f"synthetic shapes, task {task}")
     return folder
 

@@ -22,6 +22,7 @@ from .folders import MANIFEST_FILE, imagefolder_split, is_folder_ref, listing_sh
 from .manifests import Manifest, load_manifest, read_manifest
 from .registry import CUSTOM, FGVC, FGVC_DATASETS, IMAGEFOLDER, VTAB1K, VTAB_TASKS, parse_target, protocol_splits
 from .registry import splits_of as layout_splits
+from .synthetic import synthetic_kind, synthetic_manifest
 
 Samples = list[tuple[Path, int]]
 
@@ -133,9 +134,13 @@ class Task:
         where = self.split_file(split)
         expected = self.manifest.splits[split].count
         if len(samples) != expected and not allow_count_mismatch:
-            raise ValueError(
-                f"{where}: {len(samples):,} entries, expected {expected:,} (pass allow_count_mismatch=True to accept)"
+            accept = "--set data.allow_count_mismatch=true (protocol), --data.allow_count_mismatch=true (fit)"
+            way = (  # the command-line ways out
+                f"describe the folder as it is now: wegeft-vision data check {self.root} --update-manifest"
+                if self.benchmark == CUSTOM
+                else f"accept it: {accept}"
             )
+            raise ValueError(f"{where}: {len(samples):,} entries, expected {expected:,}; to {way}")
         bad = [(path, label) for path, label in samples if label >= self.num_classes]
         if bad:
             raise ValueError(f"{where}: label {bad[0][1]} of {bad[0][0]} is outside 0..{self.num_classes - 1}")
@@ -155,6 +160,30 @@ class Task:
         if missing:
             raise FileNotFoundError(f"{self.ref}: missing split file(s) {', '.join(missing)}")
         return {path.name: sha256_of(path) for path in files}
+
+    def verify(self) -> None:
+        """Refuse a folder of one's own whose splits changed since its manifest was written (split files, or an
+        ImageFolder listing), also when the folder is a copy or a move of the one the manifest was written for; a task
+        of a benchmark has nothing to verify here (`data check` compares it with its manifest).
+
+        Raises:
+            ValueError: naming the folder, the split that changed and the command that describes the folder anew.
+        """
+        if self.benchmark != CUSTOM:
+            return
+        recorded = self.manifest.folder or str(self.root)
+        moved = f" ({self.root} is a copy or a move of it)" if recorded != str(self.root) else ""
+        for split, (key, digest) in zip(self.splits, self.split_digests().items(), strict=True):
+            entry = self.manifest.splits[split]
+            if entry.sha256 and digest != entry.sha256:
+                count = len(self.relative_samples(split))
+                what = (
+                    f"{count:,} images now, {entry.count:,} then" if count != entry.count else "as many, not the same"
+                )
+                raise ValueError(
+                    f"{self.root / MANIFEST_FILE} was written for {recorded}{moved}; {key} has changed since ({what}); "
+                    f"to describe the folder as it is now: wegeft-vision data check {self.root} --update-manifest"
+                )
 
     def identity(self) -> str:
         """One sha256 over `split_digests`: equal for the same splits wherever the data lies."""
@@ -236,4 +265,8 @@ def task_manifest(dataset: str | Path, manifest: str | Path | None = None) -> Ma
     file, or the bundled one (what the class count is read from)."""
     if is_folder_ref(dataset):
         return open_folder(Path(dataset).expanduser())
+    benchmark, name = parse_target(str(dataset), strict=False)
+    kind = synthetic_kind(name)
+    if manifest and not Path(manifest).is_file() and kind is not None:  # a synthetic task not written yet (a plan)
+        return synthetic_manifest(kind, layout=benchmark)
     return read_manifest(manifest) if manifest else load_manifest(str(dataset))

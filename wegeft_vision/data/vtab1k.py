@@ -62,6 +62,8 @@ def parse_split_file(path: str | Path) -> SplitListing:
         if not line:
             continue
         rel, _, label = line.rpartition(" ")
+        if rel and label.startswith("-") and label[1:].isascii() and label[1:].isdigit():
+            raise ValueError(f"{path}:{number}: label {label} is negative; labels are class indices 0, 1, ... {line!r}")
         if not rel or not (label.isascii() and label.isdigit()):
             raise ValueError(f"{path}:{number}: expected 'relative/path label' with an integer label, got {line!r}")
         entries.append((number, rel.strip(), int(label)))

@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from ..data.lookup import find_task, locate_task, task_refs
-from ..data.registry import CUSTOM, FGVC_DATASETS, VTAB_TASKS
+from ..data.registry import CUSTOM
 from ..data.tasks import Task
 from ..files import write_atomic
 from ..training.run_config import check_overrides
@@ -24,6 +24,7 @@ from .optuna_compat import check_version
 from .preset import ProtocolPreset, load_preset
 from .request import Request
 from .runner import Protocol, expand_units
+from .setups import check_chosen_backbone
 
 PROTOCOL_FILE = "protocol.json"
 
@@ -56,6 +57,9 @@ def _checked(request: Request) -> tuple[ProtocolPreset, list[str], list[tuple[st
         raise ValueError(f"--devices should be at least 1, got {request.devices}")
     if request.checkpoint_every < 1:
         raise ValueError(f"--checkpoint-every should be at least 1, got {request.checkpoint_every}")
+    taken = next((p for p in (request.out, *request.out.parents) if p.exists() and not p.is_dir()), None)
+    if taken is not None:
+        raise NotADirectoryError(f"--out {request.out}: {taken} is a file, not a folder (give a folder for the run)")
     check_storage_url(request.storage)
     check_version()  # an Optuna this toolkit's storages do not support: refused before anything is pinned
     preset = load_preset(request.preset)
@@ -137,7 +141,9 @@ def prepare(request: Request) -> Protocol:
     """Check every input and build the `Protocol`, pinning and training nothing (synthetic tasks are written).
 
     Raises:
-        ValueError, FileNotFoundError: an input that cannot work; the message names the option, file or value.
+        ValueError, FileNotFoundError: an input that cannot work; the message names the option, file or value. Also
+            a `--backbone` the recipe would not train as named (`setups.check_chosen_backbone`) and an `OUT/results.csv`
+            row that disagrees with its run's `result.json` (`Protocol.check_results`).
     """
     preset, methods, pairs = _checked(request)
     if request.data_root is not None and not request.data_root.is_dir():
@@ -151,24 +157,30 @@ def prepare(request: Request) -> Protocol:
     protocol.check_configurations()
     if not protocol.units:
         raise ValueError("no task can run: " + "; ".join(f"{t}: {why}" for t, why in protocol.broken.items()))
+    check_chosen_backbone(protocol, request.overrides)
+    protocol.check_results()  # before any worker appends to it
     return protocol
 
 
 def prepare_plan(request: Request) -> Protocol:
     """The `Protocol` of a dry run: inputs checked as by `prepare`, but no data is read or written (registry tasks
-    need none; a folder of one's own is described by its manifest) and no storage is opened.
+    need none; a folder of one's own, or a task with its own manifest, is described by it; a synthetic task not
+    written yet, by the preset's `synthetic` options) and no storage is opened.
 
     Raises:
-        ValueError: a task the plan cannot describe without its data (a synthetic task not written yet).
+        FileNotFoundError: a task outside the registry that has no manifest to describe it.
+        ValueError: a configuration or method preset that a run would refuse (as `prepare`).
     """
     preset, methods, pairs = _checked(request)
-    tasks = []
-    for benchmark, name in pairs:
-        if benchmark != CUSTOM and name not in VTAB_TASKS and name not in FGVC_DATASETS:
-            raise ValueError(f"--dry-run plans registry tasks and folders of one's own; {benchmark}/{name} is neither")
-        tasks.append((locate_task(benchmark, name, request.data_root or Path("DATA_ROOT"), request.splits_dir), ""))
+    data_root = request.data_root or (request.out / "data" if preset.synthetic else Path("DATA_ROOT"))
+    tasks = [(locate_task(*pair, data_root, request.splits_dir, preset.synthetic), "") for pair in pairs]
     units = expand_units(tasks, methods, list(request.seeds or preset.seeds))
-    return _protocol(request, preset, units)
+    protocol = _protocol(request, preset, units)
+    protocol.check_configurations()  # what a run would refuse, the plan refuses: configurations and methods
+    if protocol.broken:
+        raise ValueError("; ".join(f"{task}: {why}" for task, why in protocol.broken.items()))
+    check_chosen_backbone(protocol, request.overrides)
+    return protocol
 
 
 def pin(protocol: Protocol) -> None:
@@ -187,7 +199,17 @@ def pin(protocol: Protocol) -> None:
         "storage": protocol.storage_url,
     }
     if path.is_file():
-        saved = json.loads(path.read_text())
+        try:
+            saved = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ValueError(
+                f"{path} is damaged ({err}); it is written whole, so something changed it since: restore it, or run "
+                "in another --out"
+            ) from err
+        if not isinstance(saved, dict):
+            raise ValueError(
+                f"{path} should hold a JSON object, got {type(saved).__name__}: restore it, or use another --out"
+            )
         if saved.get("fingerprint") != record["fingerprint"]:
             raise ValueError(
                 f"{path} was written by preset {saved.get('preset')!r} with other settings (recipe, overrides, grids "

@@ -24,7 +24,7 @@ from ..files import write_atomic
 from ..training.run_config import RunConfig
 from .preset import ProtocolPreset
 from .request import STAGES
-from .results import append_rows
+from .results import append_rows, check_against_runs
 from .runs import RunSpec, train_run
 from .search import GridStudy, open_storage
 
@@ -99,7 +99,8 @@ class Protocol:
         return open_storage(self.storage_url, self.out, self.heartbeat)
 
     def check_configurations(self) -> None:
-        """Parse one run configuration per method, then one per task, building and writing nothing.
+        """Parse one run configuration per method, then one per task, then build each method on the meta device
+        (`RunConfig.check_method`) once per benchmark it runs on, writing nothing.
 
         A bad recipe, method preset or override raises before anything is pinned; a task whose configuration does
         not parse is left out (in `broken`) and the others go on.
@@ -114,6 +115,24 @@ class Protocol:
             except ValueError as error:
                 self.broken[task.ref] = str(error)
         self.units = [u for u in self.units if u.task.ref not in self.broken]
+        first: dict[tuple[str, str], Unit] = {}  # per benchmark: its overrides may change the backbone
+        for unit in self.units:
+            first.setdefault((unit.benchmark, unit.method), unit)
+        for unit in first.values():
+            self.sample_config(unit).check_method(unit.method)
+
+    def check_results(self) -> None:
+        """Refuse a `results.csv` whose rows disagree with their runs' `result.json` (a value edited by hand): a rerun
+        would neither correct such a row (its run key is there) nor may it overwrite what someone wrote.
+
+        Raises:
+            ValueError: naming each row (file, line, column, both values) and the way out.
+        """
+        check_against_runs(
+            self.results_file,
+            "the protocol neither keeps nor overwrites such a row: delete the line(s) and rerun the same command, "
+            "which writes them again from the runs' records",
+        )
 
     def sample_config(self, unit: Unit, stage: str = "search") -> RunConfig:
         """The configuration of the unit's first grid point in `stage` (its recipe-level settings are read from it)."""

@@ -7,6 +7,9 @@ Configs compose as in any LightningCLI (`--config a.yaml --config b.yaml`, `--mo
 
 from __future__ import annotations
 
+import argparse
+import logging
+import re
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -66,13 +69,36 @@ def parse_config(config: dict[str, Any]) -> Any:
         argparse.ArgumentError: an unknown key, or a value of the wrong type (the message names the key).
     """
     if not _PARSERS:
-        cli = build_cli(config, instantiate=False)
+        seeding = logging.getLogger("lightning.fabric.utilities.seed")  # the CLI seeds when it parses: not news here
+        level = seeding.level
+        seeding.setLevel(logging.WARNING)
+        try:
+            cli = build_cli(config, instantiate=False)
+        finally:
+            seeding.setLevel(level)
         _PARSERS.append(cli.parser)
         return cli.config
     return _PARSERS[0].parse_object(config)
 
 
+# jsonargparse's words for a failed link (the class count read from the task): the option and the reason are what count
+_LINK_FAILURE = re.compile(
+    r"Call to compute_fn of link '\w+\(([\w.]+)[^']*' with args \((.*?), .*?\) failed: (.*)", re.S
+)
+
+
 def run_lightning(argv: Sequence[str]) -> int:
-    """Run a LightningCLI sub-command; `argv` starts with fit, validate or test."""
-    build_cli(argv, run=True)
+    """Run a LightningCLI sub-command; `argv` starts with fit, validate or test.
+
+    Raises:
+        argparse.ArgumentError: a bad option or value; a failed link names the option and its value.
+    """
+    try:
+        build_cli(argv, run=True)
+    except argparse.ArgumentError as err:
+        found = _LINK_FAILURE.match(str(err))
+        if found is None:
+            raise
+        option, value, reason = found.groups()
+        raise argparse.ArgumentError(None, f"--{option} {value}: {reason}") from err
     return 0

@@ -7,7 +7,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from .. import fgvc, vtab1k
-from ..folders import imagefolder_split, listing_sha256
+from ..class_folders import scan_split
+from ..folders import listing_sha256
 from ..manifests import SplitListing, outside_root, sample_id
 from ..registry import FGVC, FGVC_SPLITS, IMAGEFOLDER, IMAGEFOLDER_SPLITS, VTAB1K, VTAB_SPLITS, VTAB_TASKS
 from ..tasks import Task
@@ -19,6 +20,7 @@ from .report import (
     MISSING_FOLDER,
     UNKNOWN_LABEL,
     UNREADABLE_FILE,
+    WARNING,
     CheckReport,
     Problem,
     SplitReport,
@@ -149,13 +151,19 @@ def _check_class_folders(task: Task, report: CheckReport, allow_mismatch: bool, 
         split_report = SplitReport(split, folder / entry.file, expected=entry.count)
         report.splits.append(split_report)
         try:
-            samples = imagefolder_split(folder, entry.file, manifest.classes)
+            scan = scan_split(folder, entry.file, manifest.classes)
         except FileNotFoundError as err:
             split_report.problems.append(Problem(MISSING_FOLDER, str(err)))
+            continue
+        except PermissionError as err:
+            split_report.problems.append(Problem(UNREADABLE_FILE, str(err)))
             continue
         except ValueError as err:
             split_report.problems.append(Problem(UNKNOWN_LABEL, str(err)))
             continue
+        split_report.problems += [Problem(scan.kinds[message], message) for message in scan.errors]
+        split_report.problems += [Problem(scan.kinds[message], message, WARNING) for message in scan.warnings]
+        samples = scan.samples
         split_report.count, split_report.num_classes = len(samples), len({label for _, label in samples})
         check_count(split_report, split_report.count, entry.count, "images", allow_mismatch)
         if entry.sha256 and listing_sha256(samples) != entry.sha256 and split_report.count == entry.count:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import images
+from .. import class_folders, images
 
 ERROR, WARNING = "error", "warning"
 MISSING_FOLDER = "missing folder"
@@ -26,8 +26,9 @@ JPEG_IMAGES = "jpeg images"
 PROBLEM_KINDS = (
     *(MISSING_FOLDER, MISSING_FILE, UNREADABLE_FILE, COUNT_MISMATCH, CHECKSUM_MISMATCH, UNKNOWN_LABEL),
     *(DUPLICATE_ENTRY, SPLIT_OVERLAP, OUTSIDE_ROOT, IMAGE_TOO_LARGE, UNSUPPORTED_IMAGE),
+    *(class_folders.LINK_LOOP, class_folders.BROKEN_LINK, class_folders.SHARED_IMAGE, class_folders.EMPTY_CLASS),
     *(BYTE_ORDER_MARK, IDENTICAL_FILES, images.SIXTEEN_BIT, images.TRANSPARENCY, images.CMYK, images.EXIF_ORIENTATION),
-    JPEG_IMAGES,
+    *(JPEG_IMAGES, class_folders.STRAY_FILE),
 )
 
 
