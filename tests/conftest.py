@@ -1,8 +1,16 @@
-"""Shared fixtures: tiny random-weight timm ViTs (no downloads) and inputs for them."""
+"""Shared fixtures: tiny random-weight timm ViTs (no downloads) and inputs for them; the package built as a wheel and
+installed in a fresh folder, as users install it (`installed`)."""
 
 from __future__ import annotations
 
 import copy
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import venv
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -81,3 +89,60 @@ def smoke_final_spec(root: Path, **changes):
     )
     config = RunConfig(**{**fields, **changes})
     return RunSpec("vtab-1k", task.name, "wegeft", "smoke", preset.fingerprint(), config, task.identity())
+
+
+REPO = Path(__file__).resolve().parents[1]
+NOT_SOURCE = (".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "runs", "lightning_logs")
+
+
+@dataclass(frozen=True)
+class Installed:
+    """A wheel of the checkout installed with `pip install --target`, and how to run it from a folder elsewhere."""
+
+    wheel: Path
+    site: Path
+    python: Path  # an interpreter that sees the dependencies but not the editable install of the checkout
+    workdir: Path
+
+    def run(self, *argv: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if k != "WEGEFT_DATA_SPLITS"}
+        env |= {"PYTHONPATH": str(self.site), "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(self.workdir / "hub")}
+        command = [self.python, *map(str, argv)]
+        return subprocess.run(command, cwd=self.workdir, env=env, capture_output=True, text=True, timeout=timeout)
+
+    def wegeft_vision(self, *argv: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """The installed console script (run by `python`, so that worker processes use it too)."""
+        result = self.run(self.site / "bin" / "wegeft-vision", *argv, timeout=timeout)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result
+
+
+def _interpreter_without_the_checkout(folder: Path) -> Path:
+    """A virtual environment whose site-packages points at this one's by a `.pth` path line: the dependencies are
+    importable, but the `.pth` hooks there (the editable install's finder) never run."""
+    venv.create(folder, with_pip=False)
+    python = folder / "bin" / "python"
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    ours = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
+    (Path(purelib) / "dependencies.pth").write_text("".join(f"{path}\n" for path in ours))
+    return python
+
+
+@pytest.fixture(scope="session")
+def installed(tmp_path_factory) -> Installed:
+    root = tmp_path_factory.mktemp("packaging")
+    source = root / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(*NOT_SOURCE))  # builds never touch the checkout
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", root / "dist", source]
+    subprocess.run(build, check=True, capture_output=True, timeout=300)
+    (wheel,) = (root / "dist").glob("wegeft_vision-*.whl")
+    site = root / "site"
+    subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", site, wheel], check=True, timeout=300)
+    (root / "elsewhere").mkdir()
+    return Installed(wheel, site, _interpreter_without_the_checkout(root / "venv"), root / "elsewhere")

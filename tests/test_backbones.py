@@ -22,7 +22,8 @@ from wegeft_vision.backbones import (
     mini_vit,
     weights_source,
 )
-from wegeft_vision.data.glyphs import HELD_OUT_STREAM, GlyphSet
+from wegeft_vision.data.leaves import HELD_OUT_STREAM
+from wegeft_vision.data.pretraining_source import pretraining_source
 from wegeft_vision.files import sha256_of
 
 
@@ -129,7 +130,7 @@ def test_shipped_weights_load_offline_with_their_data_config(monkeypatch, tmp_pa
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache: no hub copy
     model = create_backbone(mini_vit.NAME, num_classes=10, pretrained=True)
-    assert backbone_tag(model) == "vit_mini_patch8_32.glyphs"
+    assert backbone_tag(model) == "vit_mini_patch8_32.procedural"
     assert weights_source(model) == {
         "kind": "shipped",
         "file": mini_vit.WEIGHTS_FILE.name,
@@ -151,13 +152,23 @@ def test_shipped_weights_load_offline_with_their_data_config(monkeypatch, tmp_pa
         create_from_source(mini_vit.NAME, {**weights_source(model), "sha256": "0" * 64}, num_classes=10)
 
 
-def test_shipped_weights_classify_held_out_glyphs_of_their_source_task():
+def test_shipped_weights_classify_held_out_samples_of_their_source_task():
     model = create_backbone(mini_vit.NAME, num_classes=mini_vit.SOURCE_CLASSES, pretrained=True).eval()
-    metadata = json.loads(safe_open(str(mini_vit.WEIGHTS_FILE), "pt").metadata()["held_out_top1_fp16"])
-    glyphs = GlyphSet(mini_vit.SOURCE_CLASSES, seed=0)
-    images, labels = glyphs.batch(range(500), HELD_OUT_STREAM)  # the script's held-out stream, 5 per class
+    metadata = safe_open(str(mini_vit.WEIGHTS_FILE), "pt").metadata()
+    recorded = json.loads(metadata["held_out_top1_fp16"])
+    assert json.loads(metadata["source_task"]).startswith("mixed (200 leaves classes")
+    source = pretraining_source("mixed", classes=200, seed=0, size=32)
+    assert source.num_classes == mini_vit.SOURCE_CLASSES
+    images, labels = source.batch(range(800), HELD_OUT_STREAM)  # the script's held-out stream, 2-4 per class
     with torch.no_grad():
         predictions = model((images.float() / 255 - 0.5) / 0.5).argmax(1)
     accuracy = 100.0 * (predictions == labels).float().mean().item()
-    assert accuracy > 50.0  # chance is 1%
-    assert abs(accuracy - metadata) < 6.0  # what the pretraining script measured on 5,000 held-out glyphs
+    assert accuracy > 50.0  # chance is 0.3%
+    assert abs(accuracy - recorded) < 5.0  # what the pretraining script measured on 5,000 held-out samples
+
+
+def test_retired_glyphs_tag_names_its_successor():
+    with pytest.raises(
+        ValueError, match=r"'vit_mini_patch8_32.glyphs' is no longer shipped.*use vit_mini_patch8_32.procedural"
+    ):
+        create_backbone("vit_mini_patch8_32.glyphs", num_classes=10, pretrained=True)

@@ -1,11 +1,8 @@
-"""`wegeft-vision demo --quick` end to end, offline, and the demo's tasks."""
+"""`wegeft-vision demo --quick` end to end, offline, from the installed wheel; and the demo's tasks."""
 
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,12 +17,11 @@ METHODS = {"wegeft", "lora", "bitfit", "linear", "linear_random"}
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory) -> tuple[Path, str]:
-    out = tmp_path_factory.mktemp("demo") / "run"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(out.parent / "empty-cache")}
-    command = [sys.executable, "-m", "wegeft_vision.cli", "demo", "--quick", "--out", str(out), "--no-progress"]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+def quick(installed) -> tuple[Path, str]:
+    """`wegeft-vision demo --quick` as a new user runs it: the wheel installed in a fresh folder, run from another
+    folder, offline (`conftest.installed`: nothing of the checkout is on its path)."""
+    out = installed.workdir / "demo"
+    result = installed.wegeft_vision("demo", "--quick", "--out", out, "--no-progress", timeout=900)
     for noise in ("ExperimentalWarning", "Traceback", "Trial "):  # progress lines, tables, real warnings only
         assert noise not in result.stdout + result.stderr, noise
     return out, result.stdout
@@ -44,7 +40,7 @@ def test_quick_demo_searches_and_finals_every_method_on_the_shipped_backbone(qui
         rows = list(csv.DictReader(handle))
     assert {(r["method"], r["stage"]) for r in rows} == {(m, s) for m in METHODS for s in ("search", "final")}
     backbones = {r["method"]: (r["backbone"], r["weights"]) for r in rows}
-    assert backbones["wegeft"][0] == "vit_mini_patch8_32.glyphs" and backbones["wegeft"][1].startswith("shipped@")
+    assert backbones["wegeft"][0] == "vit_mini_patch8_32.procedural" and backbones["wegeft"][1].startswith("shipped@")
     assert backbones["linear_random"] == ("vit_mini_patch8_32", "random:seed0")
     params = {r["method"]: int(r["params"]) for r in rows}
     assert params["wegeft"] == 2 * 192 * 16 and params["lora"] == 6 * 8 * (192 + 192) and params["linear"] == 0

@@ -4,26 +4,18 @@ with nothing from the source checkout."""
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 import shutil
-import subprocess
-import sys
-import sysconfig
-import venv
 import zipfile
-from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from wegeft_vision.data.registry import VTAB_TASKS
 
-REPO = Path(__file__).resolve().parents[1]
 FGVC_REFERENCE = REPO.parent / "shared" / "reference" / "fgvc_splits"
-NOT_SOURCE = (".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "runs", "lightning_logs")
 
 
 def pyproject() -> dict:
@@ -44,59 +36,6 @@ def test_bundled_folders_are_the_checkouts_in_an_editable_install():
     assert Path(str(files("wegeft_vision.data_splits"))) == REPO / "data_splits"
 
 
-@dataclass(frozen=True)
-class Installed:
-    """A wheel of the checkout installed with `pip install --target`, and how to run it from a folder elsewhere."""
-
-    wheel: Path
-    site: Path
-    python: Path  # an interpreter that sees the dependencies but not the editable install of the checkout
-    workdir: Path
-
-    def run(self, *argv: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        env = {k: v for k, v in os.environ.items() if k != "WEGEFT_DATA_SPLITS"}
-        env |= {"PYTHONPATH": str(self.site), "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(self.workdir / "hub")}
-        command = [self.python, *map(str, argv)]
-        return subprocess.run(command, cwd=self.workdir, env=env, capture_output=True, text=True, timeout=timeout)
-
-    def wegeft_vision(self, *argv: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        """The installed console script (run by `python`, so that worker processes use it too)."""
-        result = self.run(self.site / "bin" / "wegeft-vision", *argv, timeout=timeout)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        return result
-
-
-def _interpreter_without_the_checkout(folder: Path) -> Path:
-    """A virtual environment whose site-packages points at this one's by a `.pth` path line: the dependencies are
-    importable, but the `.pth` hooks there (the editable install's finder) never run."""
-    venv.create(folder, with_pip=False)
-    python = folder / "bin" / "python"
-    purelib = subprocess.run(
-        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    ours = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
-    (Path(purelib) / "dependencies.pth").write_text("".join(f"{path}\n" for path in ours))
-    return python
-
-
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> Installed:
-    root = tmp_path_factory.mktemp("packaging")
-    source = root / "source"
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(*NOT_SOURCE))  # builds never touch the checkout
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
-    build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", root / "dist", source]
-    subprocess.run(build, check=True, capture_output=True, timeout=300)
-    (wheel,) = (root / "dist").glob("wegeft_vision-*.whl")
-    site = root / "site"
-    subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", site, wheel], check=True, timeout=300)
-    (root / "elsewhere").mkdir()
-    return Installed(wheel, site, _interpreter_without_the_checkout(root / "venv"), root / "elsewhere")
-
-
 @pytest.mark.slow
 def test_the_wheel_carries_code_configs_and_manifests(installed):
     names = set(zipfile.ZipFile(installed.wheel).namelist())
@@ -105,7 +44,7 @@ def test_the_wheel_carries_code_configs_and_manifests(installed):
     }
     expected |= {f"wegeft_vision/{p.relative_to(REPO)}" for p in (REPO / "configs").rglob("*.yaml")}
     expected |= {f"wegeft_vision/{p.relative_to(REPO)}" for p in (REPO / "data_splits").glob("*.yaml")}
-    expected |= {"wegeft_vision/backbones/weights/vit_mini_patch8_32.glyphs.safetensors"}
+    expected |= {"wegeft_vision/backbones/weights/vit_mini_patch8_32.procedural.safetensors"}
     assert sorted(expected - names) == []
     assert not [name for name in names if name.startswith(("configs/", "data_splits/", "tests/"))]
 
@@ -125,18 +64,6 @@ def test_the_installed_copy_is_the_one_that_runs(installed):
     assert modules and all(Path(path).is_relative_to(package) for path in modules if path), modules
     version = installed.wegeft_vision("--version").stdout
     assert version == f"wegeft-vision {installed.wheel.name.split('-')[1]}\n"
-
-
-@pytest.mark.slow
-def test_installed_quick_demo(installed):
-    out = installed.workdir / "demo"
-    printed = installed.wegeft_vision("demo", "--quick", "--out", out, "--no-progress", timeout=900).stdout
-    with (out / "results.csv").open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    methods = {"wegeft", "lora", "bitfit", "linear", "linear_random"}
-    assert {(r["method"], r["stage"]) for r in rows} == {(m, s) for m in methods for s in ("search", "final")}
-    assert (out / "report" / "custom_final.md").is_file() and (out / "heatmaps" / "best_clusters.csv").is_file()
-    assert "| shapes_position | Structured | Mean |" in printed and "demo done in" in printed
 
 
 @pytest.mark.slow

@@ -355,7 +355,7 @@ def test_report_of_two_backbones_or_weight_sources_keeps_them_apart(tmp_path):
     rows = {
         "in21k.csv": [result("cifar", 70.0, **base), result("dtd", 60.0, **base)],
         "local.csv": [result("cifar", 40.0, **{**base, "weights": "file:/w/vit.pth@0123456789ab"})],
-        "mini.csv": [result("cifar", 50.0, **{**base, "backbone": "vit_mini_patch8_32.glyphs"})],
+        "mini.csv": [result("cifar", 50.0, **{**base, "backbone": "vit_mini_patch8_32.procedural"})],
     }
     control = result("cifar", 20.0, method="linear_random", backbone="vit_base_patch16_224", weights="random:seed0")
     rows["in21k.csv"].append({**control, "preprocessing": "paper:resize224"})
@@ -366,7 +366,7 @@ def test_report_of_two_backbones_or_weight_sources_keeps_them_apart(tmp_path):
     assert titles == [
         "## VTAB-1k: test top-1 (final) — vit_base_patch16_224.augreg_in21k, weights hub",
         "## VTAB-1k: test top-1 (final) — vit_base_patch16_224.augreg_in21k, weights file:/w/vit.pth@0123456789ab",
-        "## VTAB-1k: test top-1 (final) — vit_mini_patch8_32.glyphs, weights hub",
+        "## VTAB-1k: test top-1 (final) — vit_mini_patch8_32.procedural, weights hub",
     ]
     tables = out.split("\n## ")
     assert "| wegeft | 0.025 | 70.0 | 60.0 |" in tables[1] and "| linear_random | 0.025 | 20.0 | – |" in tables[1]

@@ -29,7 +29,7 @@ SMALL = [
     "--tasks",
     "vtab-1k/synthetic_shape",
 ]
-MINI = "vit_mini_patch8_32.glyphs"
+MINI = "vit_mini_patch8_32.procedural"
 
 
 def rows_of(out: Path) -> list[dict[str, str]]:

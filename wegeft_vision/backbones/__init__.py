@@ -1,6 +1,6 @@
 """Backbones: timm models by `architecture[.tag]`, the record of where their weights came from, the shipped mini-ViT.
 
-Importing this package registers the shipped mini-ViT (`vit_mini_patch8_32.glyphs`) with timm.
+Importing this package registers the shipped mini-ViT (`vit_mini_patch8_32.procedural`) with timm.
 """
 
 from . import mini_vit

@@ -45,7 +45,7 @@ def create_backbone(
     Args:
         name: timm model name, optionally with a pretrained tag.
         num_classes: size of the classification head (a pretrained head of another size is dropped).
-        pretrained: load the tag's weights: shipped with this package (`vit_mini_patch8_32.glyphs`), or from the
+        pretrained: load the tag's weights: shipped with this package (`vit_mini_patch8_32.procedural`), or from the
             Hugging Face cache, or the hub when reachable.
         weights: a local weights file (safetensors or a PyTorch state dict) to load instead.
         init_seed: seed of the random initialization when neither `pretrained` nor `weights` is given (the global
@@ -59,6 +59,8 @@ def create_backbone(
     """
     if name.split(".")[0] not in timm.list_models():
         raise ValueError(f"unknown timm model {name!r}")
+    if name in mini_vit.RETIRED:
+        raise ValueError(f"backbone {name!r} is {mini_vit.RETIRED[name]}")
     if weights is not None:
         weights = Path(weights)
         if not weights.is_file():

@@ -1,11 +1,11 @@
 """The embedded demo from start to end: the main job for real, offline, on 2 CPU cores in minutes.
 
-It writes three downstream tasks (digits: real handwritten scans; textures; shapes_position: synthetic shapes with
-object masks) as task folders, runs the `demo` protocol preset (search on val, selection, final on test) through the
-same `protocol.launch.run` as `wegeft-vision protocol`, on the shipped pretrained mini-ViT, prints the report's table
-(group means, Mean, params) and writes its files, then draws the final WeGeFT adapter's cluster heatmaps on the
-structured task and scores them against the object masks (best cluster vs permuted maps). Rerunning resumes, as the
-protocol does. `wegeft-vision demo` parses its options into `run_demo`.
+It writes three downstream tasks (photo_crops_48: crops of colour photographs; textures; shapes_position: synthetic
+shapes with object masks) as task folders, runs the `demo` protocol preset (search on val, selection, final on test)
+through the same `protocol.launch.run` as `wegeft-vision protocol`, on the shipped pretrained mini-ViT, prints the
+report's table (group means, Mean, params) and writes its files, then draws the final WeGeFT adapter's cluster
+heatmaps on the structured task and scores them against the object masks (best cluster vs permuted maps). Rerunning
+resumes, as the protocol does. `wegeft-vision demo` parses its options into `run_demo`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from ..viz.pipeline import HeatmapOptions, list_items, write_heatmaps
 from .pixels import pixel_logistic_regression
 from .tasks import WRITERS, write_tasks
 
-NATURAL_TASK, HEATMAP_TASK = "digits", "shapes_position"
+NATURAL_TASK, HEATMAP_TASK = "photo_crops_48", "shapes_position"
 CONTROL = "linear_random"
 HEATMAPS = HeatmapOptions(limit=48, grids=4, mosaic_images=24, score=True)
 

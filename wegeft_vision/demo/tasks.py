@@ -1,14 +1,15 @@
 """The demo's downstream tasks, one in the spirit of each VTAB-1k group, written as task folders of one's own.
 
-- `digits` (natural): scikit-learn's 1,797 real handwritten digits (8x8 grey scans, shipped inside scikit-learn),
-  800 / 200 / 797 in a fixed shuffled order;
+- `photo_crops_48` (natural): which of 9 regions of three colour photographs shipped inside scikit-learn and
+  matplotlib a 48-px crop comes from (`demo.photos`), 800 / 200 / 800;
 - `textures` (specialized): procedural textures of 8 kinds (stripes, checks, dots, grid, waves, rings, zigzag,
   blobs) with random period, orientation, colours, blur and noise;
 - `shapes_position` (structured): synthetic sprites with object masks (`data.synthetic`, style `sprites`: 1-4 white
   shapes on black, as dSprites draws them), labelled by the largest object's cell on a 3x3 grid.
 
 Each goes through the same path as a user's own folder (VTAB-1k layout, `data.folders.open_folder` writes its
-manifest with the VTAB-1k group); none of them is the mini-ViT's source task (glyphs).
+manifest with the VTAB-1k group); none of them is the mini-ViT's source task (procedural dead leaves and glyphs).
+`digits` (scikit-learn's 1,797 real handwritten scans) is written by `write_digits` for `scripts/eval_transfer.py`.
 """
 
 from __future__ import annotations
@@ -142,8 +143,16 @@ def _describe(folder: Path, group: str, source: dict) -> None:
     open_folder(folder, group=group, source=source)
 
 
+def write_photos(out: str | Path) -> Path:
+    """`<out>/photo_crops_48`: which of 9 regions of three colour photographs a 48-px crop comes from
+    (`demo.photos.write_photo_crops`)."""
+    from .photos import write_photo_crops
+
+    return write_photo_crops(out, side=48)
+
+
 WRITERS: dict[str, Callable[[Path], Path]] = {
-    "digits": write_digits,
+    "photo_crops_48": write_photos,
     "textures": write_textures,
     "shapes_position": write_shapes,
 }
