@@ -18,8 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..data.folders import MANIFEST_FILE, open_folder
-from ..data.vtab1k import write_split_file
+from .tasks import describe_folder, write_splits
 
 SIDE = 32  # the images' side, the mini-ViT's input size
 COUNTS = {"train800": 800, "val200": 200, "test": 800}
@@ -44,23 +43,16 @@ def _crop(photo: np.ndarray, top: int, left: int, side: int) -> np.ndarray:
 
 
 def _write(folder: Path, samples: dict[str, list[tuple[np.ndarray, int]]], classes: list[str], source: dict) -> Path:
-    """Images and split files (train800val200 = train800 + val200), `classes.txt`, then the folder's manifest."""
+    """Images in split order (train800, val200, test) and their split files, `classes.txt`, then the manifest."""
     (folder / "images").mkdir(parents=True, exist_ok=True)
-    listed: dict[str, list[tuple[str, int]]] = {}
-    index = 0
-    for split, items in samples.items():
-        listed[split] = []
-        for pixels, label in items:
-            rel = f"images/{index:05d}.png"
-            Image.fromarray(pixels).save(folder / rel, compress_level=1)
-            listed[split].append((rel, label))
-            index += 1
-    listed["train800val200"] = listed["train800"] + listed["val200"]
-    for split, items in listed.items():
-        write_split_file(folder / f"{split}.txt", items)
+    listed = []
+    for pixels, label in (item for split in COUNTS for item in samples[split]):
+        rel = f"images/{len(listed):05d}.png"
+        Image.fromarray(pixels).save(folder / rel, compress_level=1)
+        listed.append((rel, label))
+    write_splits(folder, listed, COUNTS["test"])
     (folder / "classes.txt").write_text("".join(f"{name}\n" for name in classes))
-    (folder / MANIFEST_FILE).unlink(missing_ok=True)
-    open_folder(folder, group="natural", source=source)
+    describe_folder(folder, "natural", source)
     return folder
 
 

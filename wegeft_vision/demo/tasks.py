@@ -34,7 +34,7 @@ SHAPES_SIZE = 64
 SHAPES_TEST = 500
 
 
-def _write_splits(folder: Path, samples: list[tuple[str, int]], test: int) -> None:
+def write_splits(folder: Path, samples: list[tuple[str, int]], test: int) -> None:
     """train800, val200 and test from `samples` in order; train800val200 = train800 + val200."""
     train, val = samples[: SIZES["train800"]], samples[SIZES["train800"] : SIZES["train800"] + SIZES["val200"]]
     rest = samples[len(train) + len(val) :]
@@ -58,8 +58,8 @@ def write_digits(out: str | Path, seed: int = 0) -> Path:
         pixels = np.round(digits.images[index] * 255.0 / 16.0).astype(np.uint8)
         Image.fromarray(pixels, mode="L").save(folder / rel)
         samples.append((rel, int(digits.target[index])))
-    _write_splits(folder, samples, len(samples) - 1000)
-    _describe(folder, "natural", {"generator": "sklearn.datasets.load_digits", "order_seed": seed})
+    write_splits(folder, samples, len(samples) - 1000)
+    describe_folder(folder, "natural", {"generator": "sklearn.datasets.load_digits", "order_seed": seed})
     return folder
 
 
@@ -119,9 +119,9 @@ def write_textures(out: str | Path, seed: int = 0, test: int = TEXTURE_TEST) -> 
         rel = f"images/{index:05d}.png"
         Image.fromarray(render_texture(label, rng)).save(folder / rel, compress_level=1)
         samples.append((rel, label))
-    _write_splits(folder, samples, test)
+    write_splits(folder, samples, test)
     (folder / "classes.txt").write_text("".join(f"{name}\n" for name in TEXTURES))
-    _describe(folder, "specialized", {"generator": "wegeft_vision.demo.tasks.render_texture", "seed": seed})
+    describe_folder(folder, "specialized", {"generator": "wegeft_vision.demo.tasks.render_texture", "seed": seed})
     return folder
 
 
@@ -134,11 +134,12 @@ def write_shapes(out: str | Path, seed: int = 0, test: int = SHAPES_TEST) -> Pat
     (folder / MANIFEST_FILE).unlink()  # the synthetic writer's own; the folder is described like a user's
     (folder / "classes.txt").write_text("".join(f"row {r} col {c}\n" for r in range(3) for c in range(3)))
     source = {"generator": "wegeft_vision.data.synthetic", "task": "position", "style": "sprites", "seed": seed}
-    _describe(folder, "structured", source)
+    describe_folder(folder, "structured", source)
     return folder
 
 
-def _describe(folder: Path, group: str, source: dict) -> None:
+def describe_folder(folder: Path, group: str, source: dict) -> None:
+    """The folder's manifest, written afresh as for a user's folder (with its VTAB-1k group and how it was made)."""
     (folder / MANIFEST_FILE).unlink(missing_ok=True)
     open_folder(folder, group=group, source=source)
 
