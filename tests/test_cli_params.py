@@ -57,3 +57,15 @@ def test_params_module_starts_without_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_params_takes_a_family_at_its_real_size_on_the_meta_device(capsys):
+    assert main(["params", "--model", "swin"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split("  ")[0].strip(): line for line in out.splitlines()}
+    assert "swin_base_patch4_window7_224 (family swin)" in out and "meta device, no weights" in out
+    assert "61,440" in lines["WeGeFT"]  # one (phi, psi) per stage width: 2 * 16 * (128 + 256 + 512 + 1024)
+    assert "n/a: vpt: SwinTransformer attends within windows" in lines["VPT-deep"]
+    assert main(["params", "--model", "eva02"]) == 0
+    lines = {line.split("  ")[0].strip(): line for line in capsys.readouterr().out.splitlines()}
+    assert "12,288" in lines["WeGeFT"]  # EVA-02 small: 2 * 384 * 16

@@ -195,13 +195,13 @@ def test_merged_tiny_vit_uses_pretrained_w_and_merged_output(images, frozen):
         torch.testing.assert_close(m, expected[i], rtol=0, atol=1e-9)
 
 
-def test_non_square_grid_needs_grid_size():
+def test_non_square_grid_comes_from_the_patch_embedding():
     model = adapted_vit(img_size=(32, 48))
     images = torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(3))
-    with pytest.raises(ValueError, match=r"24 patch tokens do not form a square grid.*\(4, 6\).*grid_size"):
-        cluster_heatmaps(model, images)
+    expected = hooked_reference(model, images, 0.5, False, (4, 6))[1]
+    torch.testing.assert_close(cluster_heatmaps(model, images, layers=[1])[1], expected, rtol=0, atol=1e-12)
     maps = cluster_heatmaps(model, images, grid_size=(4, 6), layers=[1])
-    torch.testing.assert_close(maps[1], hooked_reference(model, images, 0.5, False, (4, 6))[1], rtol=0, atol=1e-12)
+    torch.testing.assert_close(maps[1], expected, rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match=r"grid_size \(5, 5\) holds 25 tokens.*24 patch tokens"):
         cluster_heatmaps(model, images, grid_size=5)
 

@@ -67,3 +67,26 @@ def test_missing_masks_are_reported_before_the_model_loads(saved, tmp_path):
             write_heatmaps(tmp_path / "no_adapter.safetensors", items, tmp_path, HeatmapOptions(limit=1, score=True))
     finally:
         (tmp_path / "moved.png").rename(mask_path(items[1].path))
+
+
+def test_a_swin_adapter_draws_and_scores_maps_of_every_stage(saved, tmp_path):
+    """Swin stages have grids of their own (8x8, then 4x4 on 32 px): grids, mosaics and scores take them all."""
+    from wegeft_vision.backbones import create_backbone
+    from wegeft_vision.backbones.families import family
+
+    _, _, data = saved
+    swin = family("swin")
+    model = create_backbone(swin.architecture, num_classes=4, **swin.tiny)
+    weights = tmp_path / "swin.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
+    model = inject(model, WeGeFTConfig(rank=RANK))
+    randomize_trainable(model)
+    adapter = save_adapter(model, tmp_path / "swin_adapter.safetensors", backbone_overrides=dict(swin.tiny))
+    items = list_items(task=open_task("vtab-1k/synthetic_shape", data), split="test")
+    options = HeatmapOptions(limit=3, grids=1, mosaic_images=2, score=True)
+    summary = write_heatmaps(adapter, items, tmp_path / "out", options, weights=weights, layout="vtab-1k")
+    assert (summary.images, summary.grids) == (3, 1)
+    assert summary.mosaics == 4 * RANK  # 2 stages x 2 blocks, r clusters each
+    with (tmp_path / "out" / "scores.csv").open(newline="") as handle:
+        layers = {int(row["layer"]) for row in csv.DictReader(handle)}
+    assert layers == {0, 1, 2, 3}

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .tasks import describe_folder, write_splits
+from .task_folder import describe_folder, write_splits
 
 SIDE = 32  # the images' side, the mini-ViT's input size
 COUNTS = {"train800": 800, "val200": 200, "test": 800}

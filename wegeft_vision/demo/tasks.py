@@ -22,26 +22,16 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..data.folders import MANIFEST_FILE, open_folder
+from ..data.folders import MANIFEST_FILE
 from ..data.synthetic import write_synthetic
-from ..data.vtab1k import write_split_file
+from .photos import write_photo_crops
+from .task_folder import SIZES, describe_folder, write_splits
 
-SIZES = {"train800": 800, "val200": 200}
 TEXTURES = ("stripes", "checks", "dots", "grid", "waves", "rings", "zigzag", "blobs")
 TEXTURE_SIZE = 32
 TEXTURE_TEST = 800
 SHAPES_SIZE = 64
 SHAPES_TEST = 500
-
-
-def write_splits(folder: Path, samples: list[tuple[str, int]], test: int) -> None:
-    """train800, val200 and test from `samples` in order; train800val200 = train800 + val200."""
-    train, val = samples[: SIZES["train800"]], samples[SIZES["train800"] : SIZES["train800"] + SIZES["val200"]]
-    rest = samples[len(train) + len(val) :]
-    if len(train) < SIZES["train800"] or len(val) < SIZES["val200"] or len(rest) < test:
-        raise ValueError(f"{folder}: {len(samples)} samples do not fill 800 / 200 / {test}")
-    for split, part in (("train800", train), ("val200", val), ("train800val200", train + val), ("test", rest[:test])):
-        write_split_file(folder / f"{split}.txt", part)
 
 
 def write_digits(out: str | Path, seed: int = 0) -> Path:
@@ -138,17 +128,9 @@ def write_shapes(out: str | Path, seed: int = 0, test: int = SHAPES_TEST) -> Pat
     return folder
 
 
-def describe_folder(folder: Path, group: str, source: dict) -> None:
-    """The folder's manifest, written afresh as for a user's folder (with its VTAB-1k group and how it was made)."""
-    (folder / MANIFEST_FILE).unlink(missing_ok=True)
-    open_folder(folder, group=group, source=source)
-
-
 def write_photos(out: str | Path) -> Path:
     """`<out>/photo_crops_48`: which of 9 regions of three colour photographs a 48-px crop comes from
     (`demo.photos.write_photo_crops`)."""
-    from .photos import write_photo_crops
-
     return write_photo_crops(out, side=48)
 
 

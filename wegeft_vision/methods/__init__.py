@@ -5,6 +5,7 @@ from .base import (
     AdapterLinear,
     MethodConfig,
     count_trainable,
+    heads,
     inject,
     merge,
     method_config,
@@ -19,6 +20,7 @@ from .genft import GenFTConfig, GenFTGenerator, GenFTLinear
 from .hf_peft import HFPeftConfig
 from .lora import LoRAConfig, LoRALinear, SharedLoRAConfig
 from .paca import PaCaAttention, PaCaAttnBlock, PaCaBlock
+from .participation import require_participation
 from .probe import FullFinetuneConfig, LinearProbeConfig
 from .registry import METHODS, config_from_dict, config_from_spec, config_from_yaml
 from .vpt import PromptedBlock, VPTConfig
@@ -57,6 +59,7 @@ __all__ = [
     "config_from_spec",
     "config_from_yaml",
     "count_trainable",
+    "heads",
     "inject",
     "load_adapted_model",
     "load_adapter",
@@ -64,6 +67,7 @@ __all__ = [
     "method_config",
     "parameter_table",
     "read_adapter_meta",
+    "require_participation",
     "save_adapter",
     "trainable_parameters",
     "unmerge",

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..files import atomic_path
-from .base import MethodConfig, inject, method_config, trainable_parameters
+from .base import MethodConfig, heads, inject, method_config, trainable_parameters
 from .legacy import current_tensor_name
 from .registry import config_from_dict
 
@@ -279,10 +279,10 @@ def _difference(found: set[str], expected: set[str]) -> str:
 
 def _check_head(model: nn.Module, tensors: dict[str, torch.Tensor], num_classes: int, path: Path) -> None:
     """The head tensors in the file have the class count of the sidecar (checked before the head is resized)."""
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    prefix = next((name for name, module in model.named_modules() if module is head), None)
+    found = {id(h) for h in heads(model)} if hasattr(model, "get_classifier") else set()
+    prefixes = tuple(name + "." for name, module in model.named_modules() if id(module) in found)
     for name, tensor in sorted(tensors.items()):
-        if prefix and name.startswith(prefix + ".") and tensor.ndim >= 1 and tensor.shape[0] != num_classes:
+        if prefixes and name.startswith(prefixes) and tensor.ndim >= 1 and tensor.shape[0] != num_classes:
             raise ValueError(
                 f"adapter {path}: tensor {name} has {tensor.shape[0]} classes, its sidecar's 'backbone.num_classes' "
                 f"is {num_classes}"

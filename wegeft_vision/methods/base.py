@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .options import check_layers
+from .participation import require_participation
+from .timm_attention import route_adapted_qkv
 
 CONFIG_ATTR = "peft_config"
 _BLOCK_INDEX = re.compile(r"(?:^|\.)blocks\.(\d+)(?:\.|$)")
@@ -221,7 +223,9 @@ def find_linear_targets(
 
     A target with q/k/v slices (`attn.qkv[q]`, `attn.qkv[q,v]`) selects rows of a fused (3d, d_in) projection: it
     yields one `RowSlice` per slice, named `<module>[q]`, which a method wraps like any linear layer and installs with
-    `replace_module`; the fused layer then becomes a `SlicedLinear` whose ΔW is zero outside those rows.
+    `replace_module`; the fused layer then becomes a `SlicedLinear` whose ΔW is zero outside those rows. On attention
+    whose q, k and v are separate layers (`q_proj`, `k_proj`, `v_proj`), `attn.qkv` selects the three and
+    `attn.qkv[q,v]` the `q_proj` and `v_proj` layers.
 
     Raises:
         ValueError: a pattern matches nothing, a layer index is not a block of the model, a sliced layer's output
@@ -243,6 +247,9 @@ def find_linear_targets(
         hits = [n for n in modules if n and _matches(n, pattern) and (layers is None or block_index(n) in set(layers))]
         if any(c in pattern for c in "*?["):  # a glob selects broadly: keep the linear layers it reaches
             hits = [n for n in hits if isinstance(modules[n], nn.Linear)]
+        if not hits:
+            hits = [n for n in _unfused_qkv(modules, pattern, wanted) if layers is None or block_index(n) in layers]
+            wanted = ()  # each of q_proj, k_proj, v_proj is a layer of its own
         if not hits:
             examples = sorted({n.split(".", 2)[-1] for n, m in modules.items() if isinstance(m, nn.Linear)})
             raise ValueError(f"target {pattern!r} matches no module of the model; its linear layers include {examples}")
@@ -266,6 +273,17 @@ def find_linear_targets(
     return result
 
 
+def _unfused_qkv(modules: dict[str, nn.Module], pattern: str, wanted: tuple[str, ...]) -> list[str]:
+    """`attn.qkv` (or `attn.qkv[q,v]`) on attention that keeps q, k and v apart (timm's `q_proj`, `k_proj`, `v_proj`,
+    e.g. EVA-02 base and up): those projections, whole."""
+    parent, _, last = pattern.rpartition(".")
+    if last != "qkv":
+        return []
+    parts = wanted or QKV
+    owners = [n for n in modules if n and (not parent or _matches(n, parent))]
+    return [f"{n}.{p}_proj" for n in owners if all(f"{n}.{q}_proj" in modules for q in QKV) for p in parts]
+
+
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     """Put `new` at `name`; a slice name (`blocks.0.attn.qkv[q]`) puts it into that layer's `SlicedLinear`."""
     module_name, _, part = name.partition("[")
@@ -283,11 +301,13 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     fused.add_slice(part.rstrip("]"), new)
 
 
-def classifier(model: nn.Module) -> nn.Module:
-    """The classification head of a timm model (`get_classifier()`)."""
+def heads(model: nn.Module) -> tuple[nn.Module, ...]:
+    """The classification head(s) of a timm model (`get_classifier()`): one, or two for a distilled DeiT (`head`,
+    `head_dist`, whose logits timm averages outside distillation training)."""
     if not hasattr(model, "get_classifier"):
         raise TypeError(f"{type(model).__name__} has no get_classifier(): expected a timm model")
-    return model.get_classifier()
+    found = model.get_classifier()
+    return tuple(found) if isinstance(found, (tuple, list)) else (found,)
 
 
 def method_config(model: nn.Module) -> MethodConfig | None:
@@ -295,20 +315,29 @@ def method_config(model: nn.Module) -> MethodConfig | None:
     return getattr(model, CONFIG_ATTR, None)
 
 
-def inject(model: nn.Module, config: MethodConfig) -> nn.Module:
-    """Freeze the backbone, insert the method described by `config` and leave the head trainable.
+def inject(model: nn.Module, config: MethodConfig, check: bool = True) -> nn.Module:
+    """Freeze the backbone, insert the method described by `config` and leave the head(s) trainable.
 
-    The model is edited in place and returned.
+    The model is edited in place and returned. With `check` (the default), a dry forward and backward pass on one
+    input of the model's size proves that every trainable tensor takes part in the output (`require_participation`):
+    an adapter the model bypasses is an error naming it, never a run that silently trains a linear probe.
+
+    Raises:
+        ValueError: the model already carries a method, or an adapter takes no part in the output.
     """
     existing = method_config(model)
     if existing is not None:
         raise ValueError(f"the model already carries a {existing.method!r} method; inject into a fresh backbone")
-    head = classifier(model)
+    found = heads(model)
     training = model.training
     model.requires_grad_(False)
     config.apply(model)
+    route_adapted_qkv(model)
     model.train(training)  # new modules (dropout) follow the model's mode
-    head.requires_grad_(True)
+    for head in found:
+        head.requires_grad_(True)
+    if check:
+        require_participation(model, config.method)
     setattr(model, CONFIG_ATTR, config)
     return model
 
@@ -342,7 +371,7 @@ def unmerge(model: nn.Module) -> nn.Module:
 
 def trainable_parameters(model: nn.Module, exclude_head: bool = False) -> dict[str, nn.Parameter]:
     """Trainable parameters by name, each shared tensor once (under its first name)."""
-    head = {id(p) for p in classifier(model).parameters()} if exclude_head else set()
+    head = {id(p) for h in heads(model) for p in h.parameters()} if exclude_head else set()
     return {n: p for n, p in model.named_parameters() if p.requires_grad and id(p) not in head}
 
 

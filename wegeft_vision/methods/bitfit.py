@@ -1,4 +1,5 @@
-"""BitFit: train only bias terms (Ben Zaken et al., 2022); normalization layers keep theirs frozen."""
+"""BitFit: train only bias terms (Ben Zaken et al., 2022); normalization layers keep theirs frozen. A fused q/k/v
+projection whose biases live apart (EVA, BEiT: `q_bias`, `v_bias`; timm keeps k's a zero buffer) trains those."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import ClassVar
 
 from torch import nn
 
-from .base import MethodConfig, classifier
+from .base import MethodConfig, heads
 from .options import check_flag
 
 _NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
@@ -30,15 +31,17 @@ class BitFitConfig(MethodConfig):
         check_flag(self.method, "include_patch_embed", self.include_patch_embed)
 
     def apply(self, model: nn.Module) -> None:
-        head = set(classifier(model).modules())
+        head = {m for h in heads(model) for m in h.modules()}
         found = False
         for name, module in model.named_modules():
-            bias = getattr(module, "bias", None)
-            if module in head or isinstance(module, _NORM_TYPES) or not isinstance(bias, nn.Parameter):
+            if module in head or isinstance(module, _NORM_TYPES):
                 continue
             if name.startswith("patch_embed") and not self.include_patch_embed:
                 continue
-            bias.requires_grad_(True)
-            found = True
+            for key, param in module.named_parameters(recurse=False):
+                # a layer's `bias`, and the separate q/v biases of EVA and BEiT attention (`q_bias`, `v_bias`)
+                if key == "bias" or key.endswith("_bias"):
+                    param.requires_grad_(True)
+                    found = True
         if not found:
             raise ValueError("bitfit: the model has no bias terms outside normalization layers and the head")

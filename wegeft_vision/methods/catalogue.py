@@ -95,7 +95,7 @@ def parameter_table(backbone: nn.Module, rows: Iterable[Variant] | None = None) 
         row: dict[str, Any] = {"variant": variant.name, "method": variant.label, "config": config.to_dict()}
         try:
             trainable = count_trainable(inject(copy.deepcopy(backbone), config))
-        except (ValueError, TypeError) as error:
+        except (ValueError, TypeError, NotImplementedError, RuntimeError) as error:  # the latter two: on meta
             table.append({**row, "trainable": None, "millions": None, "percent_of_backbone": None, "error": str(error)})
             continue
         row.update(

@@ -80,13 +80,21 @@ class FacTTTConfig(MethodConfig):
         check_dropout(self.method, "dropout", self.dropout)
 
     def apply(self, model: nn.Module) -> None:
-        targets = find_linear_targets(model, ROLES)
+        try:
+            targets = find_linear_targets(model, ROLES)
+        except ValueError as err:  # e.g. a SwiGLU MLP (fc1_g, fc1_x) has no fc1
+            raise ValueError(f"{self.method}: FacT adapts every block's {', '.join(ROLES)}; {err}") from err
         dim = targets[0][1].in_features  # the first block's qkv: d
         check_rank(self.method, "rank", self.rank, *targets[0])  # U (r, d): d is every layer's width
         layers = []
         for name, linear in targets:
             role = next(r for r in ROLES if name.endswith(r))
             d_out, d_in = linear.weight.shape
+            if role != ROLES[-1] and d_in != dim:  # stages of other widths (Swin) do not share one d x d tensor
+                raise ValueError(
+                    f"{self.method}: {name} takes {d_in} features, but FacT's factors are shared by layers of one "
+                    f"width d = {dim} (the first block's); this model's blocks are of several widths"
+                )
             if d_out % dim or d_in % dim:
                 raise ValueError(f"{self.method}: {name} is {d_out}x{d_in}, not made of {dim}x{dim} slices")
             layers.append((name, linear, role, d_out // dim, d_in // dim))

@@ -20,7 +20,7 @@ class _InputSideLinear(torch.autograd.Function):
     def forward(ctx, x, phi, psi, weight, bias, scale):  # noqa: D102 (autograd protocol)
         ctx.input_dtypes = None
         device = x.device.type
-        if torch.is_autocast_enabled(device):
+        if device != "meta" and torch.is_autocast_enabled(device):  # meta: a shape-only pass has no autocast
             dtype = torch.get_autocast_dtype(device)
             ctx.input_dtypes = (x.dtype, phi.dtype, psi.dtype, weight.dtype, None if bias is None else bias.dtype)
             x, phi, psi, weight = x.to(dtype), phi.to(dtype), psi.to(dtype), weight.to(dtype)

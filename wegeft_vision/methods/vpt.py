@@ -17,7 +17,9 @@ from .options import check_dropout, check_int, check_layers
 
 @dataclasses.dataclass
 class VPTConfig(MethodConfig):
-    """Deep visual prompt tuning on a timm ViT (`model.blocks`).
+    """Deep visual prompt tuning on a timm ViT (`model.blocks`): prompts go after the prefix tokens (class, registers,
+    distillation token), so DeiT-distilled, DINOv2 with registers, CLIP and SigLIP (no class token) take them. Refused
+    with the reason on Swin (windows), EVA (rotary embeddings) and BEiT (relative position bias).
 
     Args:
         num_prompts: prompt tokens per block (the paper's vision baseline: 5).
@@ -38,9 +40,7 @@ class VPTConfig(MethodConfig):
         self.layers = check_layers(self.method, self.layers)
 
     def apply(self, model: nn.Module) -> None:
-        blocks = getattr(model, "blocks", None)
-        if not isinstance(blocks, nn.Sequential):
-            raise TypeError(f"vpt: expected a timm ViT with a `blocks` Sequential, got {type(model).__name__}")
+        blocks = _prompt_ready_blocks(model)
         layers = range(len(blocks)) if self.layers is None else self.layers
         bad = [i for i in layers if not 0 <= i < len(blocks)]
         if bad:
@@ -53,6 +53,30 @@ class VPTConfig(MethodConfig):
             prompted = PromptedBlock(blocks[i], self.num_prompts, dim, model.num_prefix_tokens, self.dropout)
             nn.init.uniform_(prompted.prompts, -bound, bound)
             replace_module(model, f"blocks.{i}", prompted)
+
+
+def _prompt_ready_blocks(model: nn.Module) -> nn.Sequential:
+    """The blocks prompts go between, or why this model has no place for them."""
+    name = type(model).__name__
+    blocks = getattr(model, "blocks", None)
+    if blocks is None and hasattr(model, "layers"):
+        raise TypeError(
+            f"vpt: {name} attends within windows of a 2-D token grid that patch merging halves between stages; "
+            "there is no token sequence to insert prompts into (VPT is defined for plain ViTs)"
+        )
+    if getattr(model, "rope", None) is not None:
+        raise TypeError(
+            f"vpt: {name} rotates every token after its prefix tokens with rotary position embeddings built for the "
+            "patch grid; prompt tokens have no position, and inserted after the prefix they would be rotated as patches"
+        )
+    if any(hasattr(m, "relative_position_bias_table") for m in model.modules()):
+        raise TypeError(
+            f"vpt: {name}'s attention adds a relative position bias table sized for the class token and the patch "
+            "window; prompt tokens have no entry in it"
+        )
+    if not isinstance(blocks, nn.Sequential) or not isinstance(getattr(model, "num_prefix_tokens", None), int):
+        raise TypeError(f"vpt: expected a timm ViT with a `blocks` Sequential and `num_prefix_tokens`, got {name}")
+    return blocks
 
 
 class PromptedBlock(nn.Module):

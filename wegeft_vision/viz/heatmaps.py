@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from timm.models.swin_transformer import window_reverse
 from torch import nn
 
 from ..methods import PromptedBlock, WeGeFTLinear, method_config
@@ -17,18 +18,34 @@ from ..methods import PromptedBlock, WeGeFTLinear, method_config
 TARGET = "attn.proj"
 
 
-def _blocks(model: nn.Module) -> nn.Module:
+def _blocks(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks in order: a ViT's `blocks` (ViT, DeiT, DINOv2, CLIP, SigLIP, EVA, BEiT), or a Swin's
+    stages' blocks one after the other (index 0 is the first block of the first stage)."""
     blocks = getattr(model, "blocks", None)
-    if not isinstance(blocks, (nn.Sequential, nn.ModuleList)):
-        raise TypeError(f"cluster heatmaps need a timm ViT with a `blocks` sequence, got {type(model).__name__}")
-    return blocks
+    if isinstance(blocks, (nn.Sequential, nn.ModuleList)):
+        return list(blocks)
+    stages = getattr(model, "layers", None)
+    if isinstance(stages, (nn.Sequential, nn.ModuleList)) and all(hasattr(s, "blocks") for s in stages):
+        return [block for stage in stages for block in stage.blocks]
+    raise TypeError(
+        f"cluster heatmaps need a timm ViT with a `blocks` sequence or a Swin with `layers[i].blocks`, "
+        f"got {type(model).__name__}"
+    )
+
+
+def _inner(block: nn.Module) -> nn.Module:
+    return block.block if isinstance(block, PromptedBlock) else block
+
+
+def _windowed(block: nn.Module) -> bool:
+    """A Swin block: attention within (shifted) windows of a (B, H, W, C) token grid."""
+    return hasattr(block, "window_size") and hasattr(block, "shift_size")
 
 
 def _projection(block: nn.Module) -> tuple[nn.Module | None, int]:
     """The block's `attn.proj` and the number of VPT prompt tokens it sees."""
     prompts = block.num_prompts if isinstance(block, PromptedBlock) else 0
-    inner = block.block if isinstance(block, PromptedBlock) else block
-    return getattr(getattr(inner, "attn", None), "proj", None), prompts
+    return getattr(getattr(_inner(block), "attn", None), "proj", None), prompts
 
 
 def heatmap_layers(model: nn.Module) -> list[int]:
@@ -36,7 +53,7 @@ def heatmap_layers(model: nn.Module) -> list[int]:
     return [i for i, block in enumerate(_blocks(model)) if isinstance(_projection(block)[0], WeGeFTLinear)]
 
 
-def _select(model: nn.Module, layers: Sequence[int] | None) -> dict[int, tuple[WeGeFTLinear, int]]:
+def _select(model: nn.Module, layers: Sequence[int] | None) -> dict[int, tuple[WeGeFTLinear, int, nn.Module]]:
     blocks = _blocks(model)
     available = heatmap_layers(model)
     if not available:
@@ -74,7 +91,7 @@ def _select(model: nn.Module, layers: Sequence[int] | None) -> dict[int, tuple[W
                 f"block {i}: {TARGET} uses WeGeFT's {layer.projections.variant!r} form; cluster heatmaps need the "
                 "'d_in' form, whose C = W·φ is a (d_out × r) head over the output tokens"
             )
-        selected[i] = (layer, prompts)
+        selected[i] = (layer, prompts, _inner(blocks[i]))
     return selected
 
 
@@ -85,7 +102,11 @@ def cluster_head(layer: WeGeFTLinear) -> torch.Tensor:
     return layer.weight @ layer.projections.phi
 
 
-def _grid(model: nn.Module, num_patches: int, grid_size: int | Sequence[int] | None) -> tuple[int, int]:
+def _grid(
+    model: nn.Module, num_patches: int, grid_size: int | Sequence[int] | None, image_size: Sequence[int]
+) -> tuple[int, int]:
+    """The patch grid of `num_patches` tokens: `grid_size` when given, else the patch embedding's grid for this image
+    size (timm's `dynamic_feat_size`: patch 14, any `img_size`, rectangular inputs), else a square."""
     if grid_size is not None:
         gh, gw = (grid_size, grid_size) if isinstance(grid_size, int) else (int(g) for g in grid_size)
         if gh * gw != num_patches:
@@ -93,15 +114,30 @@ def _grid(model: nn.Module, num_patches: int, grid_size: int | Sequence[int] | N
                 f"grid_size {(gh, gw)} holds {gh * gw} tokens, but the layer has {num_patches} patch tokens"
             )
         return gh, gw
-    model_grid = tuple(getattr(getattr(model, "patch_embed", None), "grid_size", None) or ())
-    model_grid_fits = len(model_grid) == 2 and model_grid[0] * model_grid[1] == num_patches
+    patch_embed = getattr(model, "patch_embed", None)
+    if hasattr(patch_embed, "dynamic_feat_size"):
+        gh, gw = (int(g) for g in patch_embed.dynamic_feat_size(tuple(image_size)))
+        if gh * gw == num_patches:
+            return gh, gw
     side = math.isqrt(num_patches)
-    if side * side == num_patches and (not model_grid_fits or model_grid[0] == model_grid[1]):
+    if side * side == num_patches:
         return side, side
-    hint = f" (the model's patch_embed.grid_size is {model_grid})" if model_grid_fits else ""
     raise ValueError(
-        f"the {num_patches} patch tokens do not form a square grid{hint}: pass grid_size=(rows, columns) explicitly"
+        f"the {num_patches} patch tokens do not form a square grid: pass grid_size=(rows, columns) explicitly"
     )
+
+
+def _unwindow(scores: torch.Tensor, block: nn.Module, grid: tuple[int, int]) -> torch.Tensor:
+    """A Swin block's per-window token scores (B·nW, wh·ww, r) back on its (B, r, H, W) token grid: the inverse of
+    the block's cyclic shift, padding and window partition (timm's `_attn`)."""
+    wh, ww = block.window_size
+    height, width = grid
+    padded = (height + (-height) % wh, width + (-width) % ww)
+    windows = scores.reshape(-1, wh, ww, scores.shape[-1])
+    full = window_reverse(windows, (wh, ww), *padded)[:, :height, :width]
+    if any(block.shift_size):
+        full = torch.roll(full, shifts=tuple(block.shift_size), dims=(1, 2))
+    return full.permute(0, 3, 1, 2)
 
 
 def normalize_maps(scores: torch.Tensor, threshold: float | None = 0.5) -> torch.Tensor:
@@ -142,13 +178,15 @@ def cluster_scores(
         {block index: (B, r, gh, gw)} in float32 (float64 for a float64 model), on the model's device.
     """
     selected = _select(model, layers)
-    num_prefix = getattr(model, "num_prefix_tokens", None)
+    windowed = any(_windowed(block) for _, _, block in selected.values())
+    num_prefix = 0 if windowed else getattr(model, "num_prefix_tokens", None)
     if not isinstance(num_prefix, int):
         raise TypeError(f"cluster heatmaps need a timm ViT with `num_prefix_tokens`, got {type(model).__name__}")
     reference = next(model.parameters())
     if images.is_floating_point():
         images = images.to(device=reference.device, dtype=reference.dtype)
     raw: dict[int, torch.Tensor] = {}
+    grids: dict[int, tuple[int, int]] = {}
 
     def capture(index: int):
         def hook(layer: WeGeFTLinear, args: tuple, output: torch.Tensor) -> None:
@@ -159,8 +197,15 @@ def cluster_scores(
 
         return hook
 
+    def grid_of(index: int):
+        def hook(block: nn.Module, args: tuple) -> None:
+            grids[index] = tuple(args[0].shape[1:3])  # a Swin block's input is (B, H, W, C)
+
+        return hook
+
     modes = {module: module.training for module in model.modules()}
-    handles = [layer.register_forward_hook(capture(i)) for i, (layer, _) in selected.items()]
+    handles = [layer.register_forward_hook(capture(i)) for i, (layer, _, _) in selected.items()]
+    handles += [b.register_forward_pre_hook(grid_of(i)) for i, (_, _, b) in selected.items() if _windowed(b)]
     try:
         model.eval()
         with torch.no_grad():
@@ -172,11 +217,14 @@ def cluster_scores(
             module.training = mode
 
     maps = {}
-    for i, (_, prompts) in selected.items():
+    for i, (_, prompts, block) in selected.items():
         if i not in raw:
             raise RuntimeError(f"block {i}: {TARGET} did not run during the forward pass")
+        if _windowed(block):
+            maps[i] = _unwindow(raw[i], block, grids[i])  # each stage its own grid; grid_size does not apply
+            continue
         tokens = raw[i][:, num_prefix + prompts :]  # drop [prefix tokens, VPT prompts]: (B, N, r)
-        gh, gw = _grid(model, tokens.shape[1], grid_size)
+        gh, gw = _grid(model, tokens.shape[1], grid_size, images.shape[-2:])
         maps[i] = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], gh, gw)  # raster order
     return maps
 
@@ -192,17 +240,22 @@ def cluster_heatmaps(
     """WeGeFT's token-clustering maps of `images`, one forward pass, in eval mode and without gradients.
 
     For each chosen block, ŷ is the full output of its adapted `attn.proj` (bias included) and C = W·φ its cluster
-    head; H = ŷ·C over the patch tokens (class, register and VPT prompt tokens dropped), in raster order on the
-    patch grid. Each of the r maps is min-max normalized to [0, 1] over its grid, then thresholded. The model's
-    training flags are restored afterwards; a merged model gives the same maps as an unmerged one.
+    head; H = ŷ·C over the patch tokens (the model's prefix tokens, i.e. class, register and distillation tokens, and
+    VPT prompts dropped), in raster order on the patch grid of these images (patch 14 and any input size included).
+    On a Swin, the window tokens are put back on each stage's grid (shift and padding undone), so a block's maps
+    are as coarse as its stage (indices count blocks across stages). Each of the r maps is min-max normalized to
+    [0, 1] over its grid, then thresholded. The model's training flags are restored afterwards; a merged model gives
+    the same maps as an unmerged one.
 
     Args:
-        model: a timm ViT with WeGeFT (d_in form) on `attn.proj`.
+        model: a timm ViT (DeiT, DINOv2, CLIP, SigLIP, EVA, BEiT included) or Swin with WeGeFT (d_in form) on
+            `attn.proj`.
         images: a normalized batch (B, 3, H, W), moved to the model's device and dtype.
         layers: block indices (negative ones count from the end); None means every block with WeGeFT.
         threshold: normalized values below it are set to 0; None keeps the normalized maps.
         frozen: use the frozen layer's output x·Wᵀ + b (before the update) instead of ŷ, for comparison.
-        grid_size: (rows, columns) of the patch grid, or one int for a square one; needed when it is not square.
+        grid_size: (rows, columns) of the patch grid, or one int for a square one, when the patch embedding cannot
+            tell it (ignored on a Swin).
 
     Returns:
         {block index: (B, r, gh, gw)} with values in [0, 1], on the model's device.

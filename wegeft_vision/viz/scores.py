@@ -169,14 +169,17 @@ def _check_batch(maps: torch.Tensor, batch: int) -> None:
 
 
 def _stack(maps: Mapping[int, torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-    """All blocks' maps as one (B, K, gh, gw) CPU tensor, and the (block, cluster) of each of the K."""
+    """All blocks' maps as one (B, K, gh, gw) CPU tensor, and the (block, cluster) of each of the K. Blocks on coarser
+    grids (a Swin's later stages) are upsampled to the finest grid among them."""
     if not maps:
         raise ValueError("maps is empty: give {block index: (B, r, gh, gw)} as returned by cluster_heatmaps")
     shapes = {i: tuple(m.shape) for i, m in maps.items()}
-    if any(len(s) != 4 for s in shapes.values()) or len({(s[0], *s[2:]) for s in shapes.values()}) != 1:
-        raise ValueError(f"every block's maps must be (B, r, gh, gw) with the same B and grid, got {shapes}")
+    if any(len(s) != 4 for s in shapes.values()) or len({s[0] for s in shapes.values()}) != 1:
+        raise ValueError(f"every block's maps must be (B, r, gh, gw) with the same B, got {shapes}")
     layers = sorted(maps)
-    stacked = torch.cat([maps[i].detach().to("cpu", torch.float32) for i in layers], dim=1)
+    finest = max((s[2:] for s in shapes.values()), key=lambda grid: grid[0] * grid[1])
+    on_grid = [maps[i].detach().to("cpu", torch.float32) for i in layers]
+    stacked = torch.cat([m if m.shape[2:] == finest else upsample_maps(m, finest) for m in on_grid], dim=1)
     return stacked, [(i, k) for i in layers for k in range(maps[i].shape[1])]
 
 
