@@ -250,3 +250,23 @@ def test_a_storage_url_that_cannot_work_is_refused_before_anything_is_written(tm
 def test_checkpoint_every_is_checked(tmp_path, capsys):
     assert main(["protocol", *ONE_UNIT, "--out", str(tmp_path / "o"), "--checkpoint-every", "0"]) == 2
     assert "--checkpoint-every should be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_sigterm_stops_a_local_run_cleanly_and_the_rerun_resumes(uninterrupted, tmp_path):
+    """A scheduler's SIGTERM mid-final: exit 143 with a resume hint (not Ctrl-C's 130), the point given back, and the
+    rerun resumes the final from its checkpoint to the uninterrupted result."""
+    out = tmp_path / "terminated"
+    command = [sys.executable, "-m", "wegeft_vision.cli", "protocol", *ONE_UNIT, *LONG_FINAL, "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and process.poll() is None and not final_checkpoints(out):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert "stopped by SIGTERM; rerun the same command to resume" in stderr
+    assert main(["protocol", *ONE_UNIT, *LONG_FINAL, "--out", str(out)]) == 0
+    final = next(r for r in rows_of(out) if r["stage"] == "final")
+    expected = next(r for r in rows_of(uninterrupted) if r["stage"] == "final")
+    assert final["top1"] == expected["top1"]
+    assert json.loads((out / final["run_dir"] / "result.json").read_text())["resumed_at_epoch"] >= 1

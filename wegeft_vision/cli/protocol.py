@@ -35,6 +35,13 @@ def _setting(text: str) -> tuple[str, Any]:
     return key, yaml.safe_load(value)
 
 
+def _sbatch_option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--slurm expects KEY=VALUE (e.g. partition=gpu), got {text!r}")
+    return key, yaml.safe_load(value)
+
+
 def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="paper", help="protocol preset: a name (paper, paper_text, smoke) or YAML")
     parser.add_argument("--benchmark", choices=("vtab-1k", "fgvc"), help="benchmark of the --tasks names")
@@ -52,7 +59,24 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--splits-dir", type=Path, help="FGVC split files, if not inside the dataset folders")
     parser.add_argument("--out", type=Path, required=True, help="run folder: results.csv, runs/, optuna.db")
     parser.add_argument("--storage", help="Optuna storage URL shared by workers (default: sqlite in OUT)")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the study storage")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (or SLURM jobs) sharing the storage")
+    parser.add_argument(
+        "--launcher",
+        choices=("local", "slurm"),
+        default="local",
+        help="local: train here (and in --workers processes); slurm: submit --workers SLURM jobs (submitit) and "
+        "wait for them (default storage: a journal file in OUT)",
+    )
+    parser.add_argument(
+        "--slurm",
+        type=_sbatch_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an sbatch option of the jobs, e.g. --slurm partition=gpu --slurm time=240 --slurm gpus_per_node=1 "
+        "(over the preset's `slurm:`)",
+    )
+    parser.add_argument("--detach", action="store_true", help="with --launcher slurm: return once the jobs are queued")
     parser.add_argument("--gpus", help="comma-separated GPU ids: one worker per GPU (per --devices GPUs with DDP)")
     parser.add_argument("--devices", type=int, default=1, help="devices per run (Lightning DDP when more than one)")
     parser.add_argument("--backbone", help="timm architecture.tag (default: the recipe's)")
@@ -128,13 +152,37 @@ def run(args: argparse.Namespace, stages: tuple[str, ...] = STAGES) -> int:
         print(summary(runs))
         print(f"wrote {write_plan(runs, args.out)}")
         return 0
+    if args.launcher != "slurm" and (args.slurm or args.detach):
+        raise ValueError("--slurm and --detach need --launcher slurm")
     try:
+        if args.launcher == "slurm":
+            from ..protocol import slurm
+
+            if args.gpus:
+                raise ValueError("--gpus picks GPUs here; SLURM jobs ask for theirs: --slurm gpus_per_node=N")
+            return slurm.launch(slurm_request(request), args.workers, dict(args.slurm), args.detach)
         if args.worker:  # one of the processes of `--workers`/`--gpus`: trains here
             return launch.run(request)
         return launch.run(request, args.workers, args.gpus)
     except KeyboardInterrupt:
+        from ..protocol import preemption
+
+        if (name := preemption.received()) is not None:
+            print(f"stopped by {name}; rerun the same command to resume", file=sys.stderr)
+            return preemption.EXIT_CODE
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+
+
+def slurm_request(request: Request) -> Request:
+    """The request of SLURM jobs: for a new run folder without `--storage`, a journal file in it (jobs on other hosts
+    share a file system, not an embedded SQLite file)."""
+    import dataclasses
+
+    if request.storage is not None or (request.out / "protocol.json").is_file():
+        return request  # the storage OUT was started with (its own SQLite file if none was named) stays its storage
+    request.out.mkdir(parents=True, exist_ok=True)  # the journal file's folder
+    return dataclasses.replace(request, storage=f"journal:{(request.out / 'optuna.journal').resolve()}")
 
 
 def run_search(args: argparse.Namespace) -> int:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from ..data.registry import CUSTOM
 from ..data.tasks import Task
 from ..files import write_atomic
 from ..training.run_config import check_overrides
+from . import preemption
 from .optuna_compat import check_version
 from .preset import ProtocolPreset, load_preset
 from .request import Request
@@ -121,12 +124,21 @@ class _Clash(ValueError):
     """Two task folders of the same name: the command line is wrong, not a task."""
 
 
+def pinned_storage(out: Path) -> str | None:
+    """The storage URL `OUT/protocol.json` records (None: none named, or no readable record; `pin` names damage)."""
+    try:
+        record = json.loads((out / PROTOCOL_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record.get("storage") if isinstance(record, dict) else None
+
+
 def _protocol(request: Request, preset: ProtocolPreset, units: list, broken=None) -> Protocol:
     return Protocol(
         preset,
         units,
         request.out,
-        storage=request.storage,
+        storage=request.storage or pinned_storage(request.out),  # a run folder keeps the storage it started with
         stages=request.stages,
         devices=request.devices,
         progress=request.progress,
@@ -134,6 +146,7 @@ def _protocol(request: Request, preset: ProtocolPreset, units: list, broken=None
         heartbeat=request.heartbeat,
         checkpoint_every=request.checkpoint_every,
         broken=broken,
+        announce=request.announce,
     )
 
 
@@ -220,9 +233,13 @@ def pin(protocol: Protocol) -> None:
     write_atomic(path, json.dumps(record, indent=1))
 
 
-def run(request: Request, workers: int = 1, gpus: str | None = None) -> int:
+def run(
+    request: Request, workers: int = 1, gpus: str | None = None, signals: Sequence[signal.Signals] = (signal.SIGTERM,)
+) -> int:
     """Check every input, pin `OUT/protocol.json`, then train everything asked for: in this process, or in `workers`
-    worker processes (with `gpus`, one per group of `request.devices` GPUs) sharing the study storage.
+    worker processes (with `gpus`, one per group of `request.devices` GPUs) sharing the study storage. Training here,
+    each of `signals` stops the worker cleanly (`preemption`: its grid point given back, `preemption.Preempted`
+    raised); a SLURM job's worker also stops on the warning signals.
 
     Returns:
         0 when everything asked for is done, 1 when some unit failed or some task was left out (listed), the
@@ -242,4 +259,5 @@ def run(request: Request, workers: int = 1, gpus: str | None = None) -> int:
         protocol.storage  # noqa: B018 - the schema created once, before the workers race to create it
         return spawn_workers(request, workers, groups)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    return protocol.run()
+    with preemption.stopping_on(signals):
+        return protocol.run()

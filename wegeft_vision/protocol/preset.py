@@ -17,7 +17,7 @@ from ..data.registry import BENCHMARKS
 # presets' relative paths, e.g. `../fit/demo.yaml`, resolve inside the installed package).
 CONFIG_DIR = Path(str(files("wegeft_vision.configs")))
 KEYS = {"name", "base", "fit_config", "search_epochs", "final_includes_val", "seeds", "tasks", "synthetic", "methods"}
-KEYS |= {"overrides", "benchmarks", "selection"}
+KEYS |= {"overrides", "benchmarks", "selection", "slurm"}
 GRID_KEYS = {"config", "lr", "weight_decay", "overrides"}
 BENCHMARK_KEYS = {"search_epochs", "methods", "overrides"}  # what a `benchmarks: {NAME: ...}` entry may change
 SELECTION_RULES = ("last", "best")
@@ -67,6 +67,8 @@ class ProtocolPreset:
         benchmarks: per benchmark (`vtab-1k`, `fgvc`), what differs from the above: `search_epochs`, `overrides`
             (merged), and per method `lr`, `weight_decay`, `overrides`; `for_benchmark` applies them. Tasks of
             other benchmarks (folders of one's own, synthetic tasks) use the values above.
+        slurm: sbatch options of `--launcher slurm` jobs (`partition`, `time`, `gpus_per_node`, ...), under the
+            command line's `--slurm KEY=VALUE`; where jobs run never changes a result, so not in the fingerprint.
     """
 
     name: str
@@ -81,6 +83,7 @@ class ProtocolPreset:
     overrides: dict[str, Any] = field(default_factory=dict)
     selection: str = "last"
     benchmarks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    slurm: dict[str, Any] = field(default_factory=dict)
 
     def for_benchmark(self, benchmark: str) -> ProtocolPreset:
         """The preset as it applies to tasks of `benchmark` (its `benchmarks` entry applied; none left)."""
@@ -247,4 +250,11 @@ def load_preset(ref: str | Path) -> ProtocolPreset:
         overrides=dict(raw.get("overrides") or {}),
         selection=raw.get("selection", "last"),
         benchmarks=_benchmarks(where, raw.get("benchmarks") or {}, methods),
+        slurm=_slurm(where, raw.get("slurm") or {}),
     )
+
+
+def _slurm(where: str, options: Any) -> dict[str, Any]:
+    if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+        raise ValueError(f"{where}: slurm should map sbatch option names to values, got {options!r}")
+    return {k.replace("-", "_"): v for k, v in options.items()}

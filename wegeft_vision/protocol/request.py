@@ -23,7 +23,7 @@ class Request:
         overrides: `section.key: value` recipe settings on top of the preset's.
         final_includes_val: FGVC final on train+val (None: the preset's).
         stages: `("search",)` for search-only workers.
-        devices: devices per run; progress, poll, heartbeat, checkpoint_every: see `Protocol`.
+        devices: devices per run; progress, poll, heartbeat, checkpoint_every, announce: see `Protocol`.
     """
 
     preset: str | Path
@@ -43,3 +43,4 @@ class Request:
     poll: float = 30.0
     heartbeat: int = 60
     checkpoint_every: int = 1
+    announce: bool = False

@@ -62,6 +62,7 @@ class Protocol:
         poll: seconds between checks while waiting for grid points other workers are training.
         heartbeat: seconds between trial heartbeats (RDB storages).
         checkpoint_every: epochs between the checkpoints a killed run resumes from.
+        announce: print a line when a run starts (a SLURM job's log tells which runs the job trained).
         broken: tasks left out before the start, with the reason (reported at the end, and the exit code is 1).
     """
 
@@ -78,12 +79,14 @@ class Protocol:
         heartbeat: int = 60,
         checkpoint_every: int = 1,
         broken: dict[str, str] | None = None,
+        announce: bool = False,
     ) -> None:
         self.preset, self.units, self.out, self.stages = preset, units, out, stages
         self.devices, self.progress, self.poll = devices, progress, poll
         self.fingerprint = preset.fingerprint()
         self.storage_url, self.heartbeat, self.checkpoint_every = storage, heartbeat, checkpoint_every
         self.broken = dict(broken or {})
+        self.announce = announce
         self.errors: dict[Unit, str] = {}
         self._schedule_epochs: dict[Unit, int] = {}
         self.results_file = out / "results.csv"
@@ -204,6 +207,8 @@ class Protocol:
     def _train(self, unit: Unit, stage: str):
         def train(point: tuple[float, float]) -> dict[str, Any]:
             spec = self.spec(unit, stage, point)
+            if self.announce:
+                print(f"training {spec.run_dir(self.out).relative_to(self.out)}", flush=True)
             row = train_run(spec, self.out)
             self.epochs_done += int(row["epochs"])
             return {**row, "spec": spec.identity()}  # the trial's full configuration, kept by Optuna (not the CSV)
@@ -241,6 +246,16 @@ class Protocol:
                 f"lr={last['lr']:g} wd={last['weight_decay']:g}: {outcome}"
             )
         return line
+
+    def finished(self) -> bool:
+        """Everything asked for is done: every search point complete (or diverged) and, with the final stage, every
+        unit's final run complete."""
+        for unit in self.units:
+            if any(s not in ("complete", "diverged") for s in self.search_study(unit).states().values()):
+                return False
+            if "final" in self.stages and not self._final_done(unit):
+                return False
+        return True
 
     def _final_done(self, unit: Unit) -> bool:
         try:

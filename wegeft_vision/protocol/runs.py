@@ -28,6 +28,7 @@ import torch
 from ..backbones import backbone_tag, describe_source, weights_source
 from ..files import write_atomic
 from ..methods import count_trainable
+from ..training.cluster import cluster_environment
 from ..training.run_config import RunConfig
 from .preset import result_settings
 from .results import RESULT_FILE
@@ -214,6 +215,7 @@ def _train(spec: RunSpec, out: Path, run_dir: Path, cli: Any) -> dict[str, Any]:
             enable_checkpointing=False,
             enable_progress_bar=spec.progress,
             enable_model_summary=False,
+            plugins=[cluster_environment()],
         )
     trainer.limit_val_batches = 1.0
     if spec.stage == "search":

@@ -35,6 +35,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import optuna_compat as compat
+from . import preemption
 
 Point = tuple[float, float]
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
@@ -225,7 +226,9 @@ class GridStudy:
         """Claim one free point and train it; False when no point is free.
 
         `train(point)` returns the results row (its `top1` is the objective); `on_done(row)` is called once the
-        trial is COMPLETE in the storage. A training error fails the trial (recorded as `error`) and is re-raised.
+        trial is COMPLETE in the storage. A training error fails the trial (recorded as `error`) and is re-raised. A
+        worker stopped by its scheduler (`preemption`) fails the trial as `preempted` and enqueues its point again at
+        once: a point given back, not a failure; it resumes from the run's last epoch checkpoint.
         """
         if not self.has_free_point():
             return False
@@ -236,10 +239,15 @@ class GridStudy:
             if (other := self._superseded_by(trial, point)) is not None:
                 trial.set_user_attr("duplicate_of", other)
                 raise optuna.TrialPruned(f"point {point} is trained by trial {other}")
+            claimed.append(point)
             try:
                 row = train(point)
-            except SystemExit as exit_:  # Lightning exits on Ctrl-C; let Optuna fail the trial
-                raise KeyboardInterrupt from exit_
+            except (SystemExit, KeyboardInterrupt) as stop:
+                if (name := preemption.received()) is not None:
+                    trial.set_user_attr("preempted", name)
+                if isinstance(stop, SystemExit):  # Lightning exits on Ctrl-C; let Optuna fail the trial
+                    raise KeyboardInterrupt from stop
+                raise
             except Exception as error:
                 trial.set_user_attr("error", f"{type(error).__name__}: {error}"[:2000])
                 raise
@@ -253,7 +261,13 @@ class GridStudy:
             if trial.state == TrialState.COMPLETE or "diverged" in trial.user_attrs:
                 on_done(trial.user_attrs["result"])
 
-        self.study.optimize(objective, n_trials=1, callbacks=[completed])
+        claimed: list[Point] = []
+        try:
+            self.study.optimize(objective, n_trials=1, callbacks=[completed])
+        except KeyboardInterrupt:
+            if claimed and preemption.received() is not None:  # stopped by the scheduler: the point goes back
+                _enqueue(self.study, claimed[0])
+            raise
         return True
 
     def results(self) -> list[dict[str, Any]]:

@@ -14,10 +14,12 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from ..data.datamodule import BenchmarkDataModule
 from ..data.tasks import task_manifest
+from .cluster import cluster_environment
 from .module import ClassificationModule
 
 
@@ -30,6 +32,13 @@ class WeGeFTCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments(("data.dataset", "data.manifest"), "model.num_classes", compute_fn=num_classes_of)
         parser.link_arguments("model.data_config", "data.data_config", apply_on="instantiate")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer, with the cluster environment chosen (`cluster.cluster_environment`) unless the configuration
+        names plugins of its own."""
+        if not self._get(self.config_init, "trainer", default={}).get("plugins"):
+            kwargs.setdefault("plugins", [cluster_environment()])
+        return super().instantiate_trainer(**kwargs)
 
 
 class ParseOnlyCLI(WeGeFTCLI):
