@@ -52,8 +52,6 @@ METHODS = {
     "full": FullFinetuneConfig(),
 }
 REFUSED = {
-    ("eva02", "vpt"): "vpt: Eva rotates every token after its prefix tokens with rotary position embeddings",
-    ("eva02-unfused", "vpt"): "vpt: Eva rotates every token after its prefix tokens",
     ("beit", "vpt"): "vpt: Beit's attention adds a relative position bias table",
     ("swin", "vpt"): "vpt: SwinTransformer attends within windows of a 2-D token grid",
     ("swinv2", "vpt"): "vpt: SwinTransformerV2 attends within windows of a 2-D token grid",
@@ -402,3 +400,19 @@ def test_a_linear_probe_trains_the_family_head_alone(name):
     frozen = {"siglip": "attn_pool.", "clip": "norm_pre.", "beit": "fc_norm.", "swin": "norm."}
     if name in frozen:
         assert any(n.startswith(frozen[name]) for n, _ in model.named_parameters())
+
+
+def test_vpt_on_eva_equals_timm_register_tokens_in_a_one_block_model():
+    """With one block, VPT's prompts are exactly EVA's own register tokens (prefix tokens without position embedding or
+    rotation, between the class token and the patches): timm's model with reg_token = prompts is the reference."""
+    model = inject(tiny("eva02", depth=1, no_embed_class=True), VPTConfig(num_prompts=3))
+    perturb(model)
+    reference = tiny("eva02", depth=1, no_embed_class=True, num_reg_tokens=3)
+    state = {k.replace("blocks.0.block.", "blocks.0."): v for k, v in model.state_dict().items()}
+    prompts = state.pop("blocks.0.prompts")
+    missing, unexpected = reference.load_state_dict(state, strict=False)
+    assert missing == ["reg_token"] and not unexpected
+    with torch.no_grad():
+        reference.reg_token.copy_(prompts[None])
+        x = images_for(model)
+        torch.testing.assert_close(model.eval()(x), reference.eval()(x), rtol=0, atol=1e-12)

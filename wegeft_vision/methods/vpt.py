@@ -18,8 +18,9 @@ from .options import check_dropout, check_int, check_layers
 @dataclasses.dataclass
 class VPTConfig(MethodConfig):
     """Deep visual prompt tuning on a timm ViT (`model.blocks`): prompts go after the prefix tokens (class, registers,
-    distillation token), so DeiT-distilled, DINOv2 with registers, CLIP and SigLIP (no class token) take them. Refused
-    with the reason on Swin (windows), EVA (rotary embeddings) and BEiT (relative position bias).
+    distillation token), so DeiT-distilled, DINOv2 with registers, CLIP and SigLIP (no class token) take them; on EVA
+    the prompted blocks' attention counts the prompts among the prefix tokens its rotary embedding skips (prompts have
+    no position). Refused with the reason on Swin (windows) and BEiT (relative position bias).
 
     Args:
         num_prompts: prompt tokens per block (the paper's vision baseline: 5).
@@ -49,13 +50,16 @@ class VPTConfig(MethodConfig):
         patch = model.patch_embed.patch_size
         # VPT's uniform init: Xavier over the patch embedding's fan-in (3 * p * p) and the token width.
         bound = math.sqrt(6.0 / float(3 * patch[0] * patch[1] + dim))
+        rotary = getattr(model, "rope", None) is not None
         for i in layers:
             prompted = PromptedBlock(blocks[i], self.num_prompts, dim, model.num_prefix_tokens, self.dropout)
             nn.init.uniform_(prompted.prompts, -bound, bound)
+            if rotary:  # EVA: prompts, like the class token, are not rotated (they have no position)
+                blocks[i].attn.num_prefix_tokens = model.num_prefix_tokens + self.num_prompts
             replace_module(model, f"blocks.{i}", prompted)
 
 
-def _prompt_ready_blocks(model: nn.Module) -> nn.Sequential:
+def _prompt_ready_blocks(model: nn.Module) -> nn.Sequential | nn.ModuleList:
     """The blocks prompts go between, or why this model has no place for them."""
     name = type(model).__name__
     blocks = getattr(model, "blocks", None)
@@ -64,18 +68,24 @@ def _prompt_ready_blocks(model: nn.Module) -> nn.Sequential:
             f"vpt: {name} attends within windows of a 2-D token grid that patch merging halves between stages; "
             "there is no token sequence to insert prompts into (VPT is defined for plain ViTs)"
         )
-    if getattr(model, "rope", None) is not None:
+    rotary = getattr(model, "rope", None) is not None
+    counted = all(isinstance(getattr(getattr(b, "attn", None), "num_prefix_tokens", None), int) for b in blocks or ())
+    if rotary and not counted:
         raise TypeError(
             f"vpt: {name} rotates every token after its prefix tokens with rotary position embeddings built for the "
-            "patch grid; prompt tokens have no position, and inserted after the prefix they would be rotated as patches"
+            "patch grid, and its attention does not say how many prefix tokens it skips"
         )
     if any(hasattr(m, "relative_position_bias_table") for m in model.modules()):
         raise TypeError(
             f"vpt: {name}'s attention adds a relative position bias table sized for the class token and the patch "
             "window; prompt tokens have no entry in it"
         )
-    if not isinstance(blocks, nn.Sequential) or not isinstance(getattr(model, "num_prefix_tokens", None), int):
-        raise TypeError(f"vpt: expected a timm ViT with a `blocks` Sequential and `num_prefix_tokens`, got {name}")
+    if not isinstance(blocks, (nn.Sequential, nn.ModuleList)) or not isinstance(
+        getattr(model, "num_prefix_tokens", None), int
+    ):
+        raise TypeError(f"vpt: expected a timm ViT with `blocks` and `num_prefix_tokens`, got {name}")
+    if not rotary and not isinstance(blocks, nn.Sequential):
+        raise TypeError(f"vpt: expected a timm ViT whose `blocks` run in sequence, got {name}")
     return blocks
 
 
