@@ -66,6 +66,3 @@ def test_params_takes_a_family_at_its_real_size_on_the_meta_device(capsys):
     assert "swin_base_patch4_window7_224 (family swin)" in out and "meta device, no weights" in out
     assert "61,440" in lines["WeGeFT"]  # one (phi, psi) per stage width: 2 * 16 * (128 + 256 + 512 + 1024)
     assert "n/a: vpt: SwinTransformer attends within windows" in lines["VPT-deep"]
-    assert main(["params", "--model", "eva02"]) == 0
-    lines = {line.split("  ")[0].strip(): line for line in capsys.readouterr().out.splitlines()}
-    assert "12,288" in lines["WeGeFT"]  # EVA-02 small: 2 * 384 * 16
