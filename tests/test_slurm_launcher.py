@@ -16,7 +16,6 @@ import pytest
 from slurm_cluster import Cluster, ClusterUnavailable, release, start_cluster, stop_cluster
 
 from wegeft_vision.cli import main
-from wegeft_vision.protocol.preset import CONFIG_DIR as CONFIGS
 from wegeft_vision.protocol.results import row_key
 from wegeft_vision.protocol.search import open_storage
 
@@ -189,27 +188,4 @@ def test_a_rerun_resubmits_what_is_missing_after_every_job_was_cancelled(cluster
     assert code == 0, output
     assert "submitted 2 job(s)" in output and len(jobs_of(out)) == 4
     assert_trained_once(out, local)
-    assert cluster.queue() == []
-
-
-def test_devices_keep_their_meaning_inside_a_job(cluster, tmp_path):
-    """`--devices 2` in a job of two CPUs: each run trains with DDP over two processes inside the job (a one-point
-    grid keeps it short: one search run and the final)."""
-    preset = tmp_path / "one_point.yaml"
-    linear = CONFIGS / "method" / "linear.yaml"
-    preset.write_text(
-        f"base: {CONFIGS / 'protocol' / 'smoke.yaml'}\nname: one_point\n"
-        f"methods: {{linear: {{config: {linear}, lr: [1.0e-2], weight_decay: [0.0]}}}}\n"
-    )
-    out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "wegeft_vision.cli", "protocol", "--config", str(preset), "--no-progress"]
-    command += ["--tasks", "vtab-1k/synthetic_shape", "--out", str(out), "--poll", "0.5", "--launcher", "slurm"]
-    command += ["--workers", "1", "--devices", "2", "--slurm", "cpus_per_task=2"]
-    result = subprocess.run(command, env=cluster.env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    rows = rows_of(out)
-    assert [r["stage"] for r in rows] == ["search", "final"]
-    final = next(r for r in rows if r["stage"] == "final")
-    config = (out / final["run_dir"] / "config.yaml").read_text()
-    assert "strategy: ddp_spawn" in config and "devices: 2" in config
     assert cluster.queue() == []

@@ -174,14 +174,15 @@ def launch(request: Request, workers: int, options: dict[str, Any], detach: bool
 
 
 def wait(protocol: Any, jobs: list[str]) -> int:
-    """Print the progress line whenever it changes until the jobs have left the queue; 0 if all is done."""
+    """Print the progress line whenever a run finishes until the jobs have left the queue; 0 if all is done."""
     last = ""
     while True:
         remaining = queued(jobs)
         line = protocol.summary()
-        if line != last:
+        counts = line.partition(" elapsed")[0]  # `[search i/n · final j/m]`: a new line when a run is done
+        if counts != last:
             print(line, flush=True)
-            last = line
+            last = counts
         if not remaining:
             break
         time.sleep(protocol.poll)
