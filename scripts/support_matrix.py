@@ -27,6 +27,7 @@ import torch
 from wegeft_vision.backbones import create_backbone
 from wegeft_vision.backbones.families import BY_NAME, FAMILIES, Family, tiny_model
 from wegeft_vision.methods import VARIANTS, Variant, WeGeFTConfig, inject, merge, method_config, unmerge
+from wegeft_vision.methods.participation import input_shape
 from wegeft_vision.viz import cluster_heatmaps
 
 BEGIN, END = "<!-- support-matrix:begin -->", "<!-- support-matrix:end -->"
@@ -59,8 +60,6 @@ def real_size_refusal(family: Family, variant: Variant) -> str | None:
 
 
 def _images(model: torch.nn.Module) -> torch.Tensor:
-    from wegeft_vision.methods.participation import input_shape
-
     return torch.randn(2, *input_shape(model), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
 
 

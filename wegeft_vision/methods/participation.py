@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
-from timm.data import resolve_model_data_config
 from torch import nn
+
+from ..backbones import data_config
 
 _CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
 
@@ -21,9 +22,7 @@ def input_shape(model: nn.Module) -> tuple[int, int, int] | None:
     size); None for a model that is not one (no pretrained config, no patch embedding)."""
     if not getattr(model, "pretrained_cfg", None) and not hasattr(model, "patch_embed"):
         return None
-    channels, *size = resolve_model_data_config(model)["input_size"]
-    own = getattr(getattr(model, "patch_embed", None), "img_size", None)
-    return (int(channels), *(int(s) for s in (own or size)))
+    return tuple(int(s) for s in data_config(model)["input_size"])
 
 
 def _wrappers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
