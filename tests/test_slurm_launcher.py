@@ -22,7 +22,7 @@ from wegeft_vision.protocol.search import open_storage
 pytest.importorskip("submitit")
 
 ONE_UNIT = ["--config", "smoke", "--no-progress", "--tasks", "vtab-1k/synthetic_shape", "--methods", "linear"]
-LONG_FINAL = ["--set", "model.epochs=12", "--set", "trainer.max_epochs=12"]  # a final long enough to requeue in
+LONG_FINAL = ["--set", "model.epochs=30", "--set", "trainer.max_epochs=30"]  # time to requeue mid-final
 SLURM = ["--launcher", "slurm", "--workers", "2", "--poll", "0.5", "--slurm", "cpus_per_task=1"]
 
 
@@ -180,7 +180,7 @@ def test_slurm_options_without_the_slurm_launcher_are_refused(tmp_path, capsys):
 
 def test_a_rerun_resubmits_what_is_missing_after_every_job_was_cancelled(cluster, local, tmp_path):
     out = tmp_path / "all_cancelled"
-    code, output = finish(launcher(cluster, out, "--detach"))
+    code, output = finish(launcher(cluster, out, "--detach", "--slurm", "hold=true"))  # queued held: none may start
     assert code == 0, output
     assert cluster.run("scancel", *jobs_of(out)).returncode == 0
     cluster.wait_empty(timeout=120)
