@@ -123,16 +123,16 @@ def submit(request: Request, count: int, options: dict[str, Any]) -> list[str]:
     executor = submitit.SlurmExecutor(folder=request.out / "slurm" / "%j", python=sys.executable)
     executor.update_parameters(**options)
     worker_request = dataclasses.replace(request, progress=False, announce=True)
-    ids = []
-    for _ in range(count):
-        try:
-            ids.append(str(executor.submit(SlurmWorker(worker_request)).job_id))
-        except Exception as err:  # noqa: BLE001 - sbatch's refusal (an unknown partition, a bad option), in its words
-            if ids:  # those already queued are recorded and attached to by the next run
-                write_atomic(request.out / JOBS_FILE, json.dumps({"jobs": _read_jobs(request.out) + ids}, indent=1))
-            raise ValueError(f"sbatch refused a worker job: {' '.join(str(err).split())[-800:]}") from err
-    path = request.out / JOBS_FILE
-    write_atomic(path, json.dumps({"jobs": _read_jobs(request.out) + ids}, indent=1))
+    ids: list[str] = []
+    try:
+        for _ in range(count):
+            try:
+                ids.append(str(executor.submit(SlurmWorker(worker_request)).job_id))
+            except Exception as err:  # noqa: BLE001 - sbatch's refusal (an unknown partition, a bad option)
+                raise ValueError(f"sbatch refused a worker job: {' '.join(str(err).split())[-800:]}") from err
+    finally:
+        if ids:  # recorded even when a later one is refused: the next run attaches to them
+            write_atomic(request.out / JOBS_FILE, json.dumps({"jobs": _read_jobs(request.out) + ids}, indent=1))
     return ids
 
 
