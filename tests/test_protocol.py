@@ -15,7 +15,10 @@ from pathlib import Path
 import huggingface_hub.constants
 import optuna
 import pytest
+import torch
+import yaml
 from optuna.trial import TrialState
+from safetensors.torch import load_file
 
 from wegeft_vision.cli import main
 from wegeft_vision.protocol.preset import load_preset
@@ -200,6 +203,51 @@ def test_two_workers_share_one_study_without_losing_or_repeating_a_point(smoke, 
     }
 
 
+def test_a_packed_protocol_gives_the_unpacked_results(smoke, tmp_path, capsys):
+    """`--pack 4` trains each unit's 4 search points in one run: every row, selection and final adapter is the one of
+    `--pack 1` (here, in fp32, to the bit); each point keeps its own folder and `result.json`; two workers claim whole
+    packs; `--dry-run` lists the packs."""
+    out = tmp_path / "packed"
+    assert main(["protocol", *SMOKE, "--out", str(out), "--pack", "4", "--workers", "2"]) == 0
+    same = ("top1", "best_top1", "best_epoch", "state", "epochs", "params", "run_dir")
+    packed, alone = ({row_key(r)[:-1]: r for r in rows_of(o)} for o in (out, smoke))
+    assert packed.keys() == alone.keys()
+    for key, row in packed.items():
+        assert {c: row[c] for c in same} == {c: alone[key][c] for c in same}, key
+        assert row["pack"] == ("4" if row["stage"] == "search" else "1")
+        assert float(row["step_ms"]) > 0 and float(row["images_per_s"]) > 0 and float(row["peak_memory_mb"]) > 0
+        record = json.loads((out / row["run_dir"] / "result.json").read_text())
+        assert record["row"]["top1"] == float(row["top1"]) and ("pack" in record) == (row["stage"] == "search")
+    for final in finals(out).values():
+        mine = load_file(out / final["run_dir"] / "adapter.safetensors")
+        theirs = load_file(smoke / final["run_dir"] / "adapter.safetensors")
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+        folder = (out / final["run_dir"]).parents[1]
+        assert (
+            json.loads((folder / "selection.json").read_text())["selected"]
+            == json.loads((smoke / final["run_dir"]).parents[1].joinpath("selection.json").read_text())["selected"]
+        )
+        (pack,) = (folder / "search").glob("pack-*")
+        points = yaml.safe_load((pack / "config.yaml").read_text())["model"]["pack"]
+        assert len(points) == 4 and not (pack / "checkpoints").exists()
+    for study in search_studies(out):  # one worker claimed each unit's four points
+        trained = [t for t in study.trials if "result" in t.user_attrs]
+        assert len(trained) == 4 and len({t.user_attrs["worker"] for t in trained}) == 1
+    capsys.readouterr()
+    assert main(["protocol", *SMOKE, "--out", str(tmp_path / "plan"), "--pack", "4", "--dry-run"]) == 0
+    assert "packed: 8 trainings" in capsys.readouterr().out
+    plan = json.loads((tmp_path / "plan" / "plan.json").read_text())
+    assert {r["pack"] for r in plan if r["stage"] == "search"} == {"1/1"}
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_a_bad_pack_is_refused(tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as stop:
+        main(["protocol", *SMOKE, "--out", str(tmp_path), "--pack", value])
+    assert stop.value.code == 2
+    assert f"--pack expects a number >= 1 or auto, got '{value}'" in capsys.readouterr().err
+
+
 def test_a_changed_recipe_needs_a_new_run_folder(smoke, capsys):
     assert main(["protocol", *SMOKE, "--out", str(smoke), "--set", "model.drop_path=0.0"]) == 2
     assert "protocol.json" in capsys.readouterr().err
@@ -262,18 +310,18 @@ def test_missing_task_folders_fail_before_any_training(tmp_path, capsys, benchma
 def test_an_interrupted_final_run_is_redone(smoke, tmp_path, monkeypatch):
     from wegeft_vision.protocol import runner
 
-    train_run = runner.train_run
+    train_pack = runner.train_pack
 
-    def interrupted_final(spec, out):
-        if spec.stage == "final":
+    def interrupted_final(specs, out):
+        if specs[0].stage == "final":
             raise KeyboardInterrupt
-        return train_run(spec, out)
+        return train_pack(specs, out)
 
     options = ["protocol", *SMOKE, "--out", str(tmp_path), "--tasks", "vtab-1k/synthetic_shape", "--methods", "linear"]
-    monkeypatch.setattr(runner, "train_run", interrupted_final)
+    monkeypatch.setattr(runner, "train_pack", interrupted_final)
     assert main(options) == 130
     assert [r["stage"] for r in rows_of(tmp_path)] == ["search"] * 4
-    monkeypatch.setattr(runner, "train_run", train_run)
+    monkeypatch.setattr(runner, "train_pack", train_pack)
     assert main(options) == 0
     rows = rows_of(tmp_path)
     assert [r["stage"] for r in rows] == ["search"] * 4 + ["final"]

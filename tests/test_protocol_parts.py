@@ -255,6 +255,7 @@ def test_a_worker_command_parses_back_into_its_request(tmp_path, stages):
         poll=0.25,
         heartbeat=7,
         checkpoint_every=3,
+        pack=4,
     )
     command = worker_command(request)
     assert command[0] == ("protocol" if "final" in stages else "search")

@@ -278,3 +278,23 @@ def test_cli_without_final_rows_hints_at_search(tmp_path, capsys):
     assert main(["report", str(results)]) == 2
     assert "no final rows" in (err := capsys.readouterr().err) and "--stage search" in err
     assert main(["report", str(results), "--stage", "search", "--out", str(tmp_path / "r")]) == 0
+
+
+def test_measured_cost_is_shown_beside_params_as_medians(tmp_path):
+    cost = ["step_ms", "images_per_s", "peak_memory_mb"]
+    rows = [
+        row("cifar", "wegeft", 70.0, step_ms=10.0, images_per_s=300.0, peak_memory_mb=900.0),
+        row("dtd", "wegeft", 60.0, step_ms=30.0, images_per_s=100.0, peak_memory_mb=1100.0),
+        row("caltech101", "wegeft", 65.0, step_ms=20.0, images_per_s=200.0, peak_memory_mb=1000.0),
+        row("cifar", "linear", 50.0, step_ms="", images_per_s="", peak_memory_mb=""),  # measured by no version
+    ]
+    path = write_csv(tmp_path / "results.csv", rows, columns=[*COLUMNS, *cost])
+    table = next(t for t in build_tables(read_results(path), "final") if t.benchmark == "vtab-1k")
+    assert by_method(table)["wegeft"].cost == {"step_ms": 20.0, "images_per_s": 200.0, "peak_memory_mb": 1000.0}
+    assert by_method(table)["linear"].cost == {}
+    lines = render_markdown(table).splitlines()
+    assert lines[2].startswith("| method | params (M) | step (ms) | images/s | peak MiB | cifar |")
+    assert "| wegeft | 0.025 | 20.0 | 200.0 | 1,000.0 |" in render_markdown(table)
+    assert "| linear | 0.025 | – | – | – |" in render_markdown(table)
+    plain = table_for(tmp_path, rows[:1])  # a results file without the columns: no cost columns
+    assert "step (ms)" not in render_markdown(plain)

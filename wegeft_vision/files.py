@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import pickle
@@ -139,6 +140,20 @@ def append_durably(fd: int, data: bytes, path: str | Path, what: str) -> None:
                 err.errno, f"{path}: {describe(err)} while {what}, and cutting the file back failed ({describe(undo)})"
             ) from err
         raise WriteError(err.errno, f"{path}: {describe(err)} while {what}; the file was left as it was") from err
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path) -> Iterator[None]:
+    """Hold an advisory lock (`flock`) on `path`, created if missing, for the block: processes sharing a folder take
+    turns (as they do for `results.csv`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:

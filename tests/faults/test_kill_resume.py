@@ -18,7 +18,7 @@ from conftest import smoke_final_spec
 from safetensors.torch import load_file
 
 from wegeft_vision.data import write_synthetic
-from wegeft_vision.protocol.runs import RunSpec, train_run
+from wegeft_vision.protocol.runs import RunSpec, pack_dir, train_pack, train_run
 
 EPOCHS = 6
 
@@ -66,11 +66,12 @@ def whole(task_root, tmp_path_factory) -> tuple[dict, dict]:
     return row, load_file(spec.run_dir(out) / "adapter.safetensors")
 
 
-def kill_at(spec: RunSpec, out: Path, moment: str) -> None:
-    """Start the run in a child process and SIGKILL it at `moment`: `written N` (the checkpoint of epoch N, 0-based,
-    written but not in place) or `started N` (epoch N started, the checkpoint of epoch N - 1 in place)."""
+def kill_at(spec: RunSpec | list[RunSpec], out: Path, moment: str, code: str = CHILD) -> None:
+    """Start the run (`code`: the child training `spec`) in a child process and SIGKILL it at `moment`: `written N`
+    (the checkpoint of epoch N, 0-based, written but not in place) or `started N` (epoch N started, the checkpoint of
+    epoch N - 1 in place)."""
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, pickle.dumps((spec, out)).hex()],
+        [sys.executable, "-c", code, pickle.dumps((spec, out)).hex()],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -147,3 +148,37 @@ def test_on_cuda_a_killed_run_resumes_to_the_uninterrupted_result(task_root, tmp
     a = load_file(spec.run_dir(tmp_path / "whole") / "adapter.safetensors")
     b = load_file(spec.run_dir(tmp_path / "killed") / "adapter.safetensors")
     assert resumed["top1"] == whole["top1"] and all(torch.equal(a[k], b[k]) for k in a)
+
+
+PACK_CHILD = CHILD.replace("train_run(spec, out)", "train_pack(spec, out)").replace(
+    "import train_run", "import train_pack"
+)
+
+
+def test_a_killed_pack_resumes_with_all_its_points_to_the_separate_runs_results(task_root, tmp_path):
+    """Three search points packed, SIGKILLed after the checkpoint of epoch 2 is in place: the resumed pack gives each
+    point the row (validation top-1 of every epoch, best epoch) of its own uninterrupted run, from epoch 3."""
+    schedule = {"model.epochs": EPOCHS, "trainer.max_epochs": EPOCHS, "model.warmup_epochs": 1}
+    specs = [
+        smoke_final_spec(task_root, stage="search", lr=lr, weight_decay=wd, overrides=schedule)
+        for lr, wd in ((1e-3, 1e-4), (5e-3, 0.0), (2e-2, 1e-4))
+    ]
+    killed = tmp_path / "killed"
+    kill_at(specs, killed, "started 3", code=PACK_CHILD)
+    folder = pack_dir(specs, killed)
+    assert (folder / "checkpoints" / "last.ckpt").is_file() and not (specs[0].run_dir(killed) / "result.json").exists()
+    resumed = train_pack(specs, killed)
+    for spec, row in zip(specs, resumed, strict=True):
+        alone = train_run(spec, tmp_path / "alone")
+        assert (row["top1"], row["best_top1"], row["best_epoch"]) == (
+            alone["top1"],
+            alone["best_top1"],
+            alone["best_epoch"],
+        )
+        assert json.loads((spec.run_dir(killed) / "result.json").read_text())["resumed_at_epoch"] == 3
+        assert row["pack"] == 3 and row["run_dir"] == str(spec.run_dir(killed).relative_to(killed))
+        epochs = [
+            int(r["epoch"]) for r in csv.DictReader((spec.run_dir(killed) / "metrics.csv").open()) if r.get("val/acc")
+        ]
+        assert epochs == list(range(EPOCHS))
+    assert not (folder / "checkpoints").exists()

@@ -42,6 +42,14 @@ def _sbatch_option(text: str) -> tuple[str, Any]:
     return key, yaml.safe_load(value)
 
 
+def _pack(text: str) -> int | str:
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"--pack expects a number >= 1 or auto, got {text!r}")
+    return int(text)
+
+
 def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="paper", help="protocol preset: a name (paper, paper_text, smoke) or YAML")
     parser.add_argument("--benchmark", choices=("vtab-1k", "fgvc"), help="benchmark of the --tasks names")
@@ -107,6 +115,14 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
         help="print the plan (every run with its resolved settings, and the cost) and write OUT/plan.json; "
         "trains nothing, needs no data and no weights",
     )
+    parser.add_argument(
+        "--pack",
+        type=_pack,
+        default=1,
+        metavar="K|auto",
+        help="train K grid points of a unit in one run (one forward/backward over the same images, each point "
+        "exactly as its own run); auto: as many as memory allows (default 1)",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 
 
@@ -138,6 +154,7 @@ def request_of(args: argparse.Namespace, stages: tuple[str, ...]) -> Request:
         poll=args.poll,
         heartbeat=args.heartbeat,
         checkpoint_every=args.checkpoint_every,
+        pack=args.pack,
     )
 
 

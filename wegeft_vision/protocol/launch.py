@@ -60,6 +60,8 @@ def _checked(request: Request) -> tuple[ProtocolPreset, list[str], list[tuple[st
         raise ValueError(f"--devices should be at least 1, got {request.devices}")
     if request.checkpoint_every < 1:
         raise ValueError(f"--checkpoint-every should be at least 1, got {request.checkpoint_every}")
+    if request.pack != "auto" and (not isinstance(request.pack, int) or request.pack < 1):
+        raise ValueError(f"--pack should be a number >= 1 or auto, got {request.pack!r}")
     taken = next((p for p in (request.out, *request.out.parents) if p.exists() and not p.is_dir()), None)
     if taken is not None:
         raise NotADirectoryError(f"--out {request.out}: {taken} is a file, not a folder (give a folder for the run)")
@@ -147,6 +149,7 @@ def _protocol(request: Request, preset: ProtocolPreset, units: list, broken=None
         checkpoint_every=request.checkpoint_every,
         broken=broken,
         announce=request.announce,
+        pack=request.pack,
     )
 
 

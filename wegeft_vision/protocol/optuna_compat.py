@@ -17,7 +17,7 @@ import logging
 import re
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -25,7 +25,10 @@ import optuna
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.samplers import GridSampler
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages._heartbeat import BaseHeartbeat  # the interface of Optuna's heartbeat thread and stale check
+from optuna.storages._heartbeat import (
+    BaseHeartbeat,  # the interface of Optuna's heartbeat thread and stale check
+    get_heartbeat_thread,  # what `optimize` runs beside a trial
+)
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
@@ -253,3 +256,21 @@ def enqueue(study: optuna.Study, params: dict[str, Any], user_attrs: dict[str, A
     that finished whenever a single point of the grid is left, and raises `KeyError: 'grid_id'` for one without."""
     system_attrs: dict[str, Any] = {"fixed_params": params, **_grid_attrs(study, params)}
     study.add_trial(create_trial(state=TrialState.WAITING, system_attrs=system_attrs, user_attrs=user_attrs))
+
+
+def finish_trial(study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None = None) -> bool:
+    """Finish a trial this worker claimed with `study.ask` (a packed run's points); False when it was finished first.
+    Not `study.tell`, for the reason `fail_trial` gives."""
+    try:
+        return study._storage.set_trial_state_values(trial._trial_id, state, None if value is None else [value])
+    except UpdateFinishedTrialError:
+        return False
+
+
+@contextlib.contextmanager
+def heartbeats(study: optuna.Study, trials: Sequence[optuna.Trial]) -> Iterator[None]:
+    """Optuna's heartbeat thread for each trial claimed with `study.ask` (what `optimize` runs for its one trial)."""
+    with contextlib.ExitStack() as stack:
+        for trial in trials:
+            stack.enter_context(get_heartbeat_thread(trial._trial_id, study._storage))
+        yield

@@ -4,7 +4,9 @@ Each planned run is the configuration its run would train (`training.run_config.
 built, no data read, no weights loaded), so the plan shows the values training would use: schedule, batch, splits,
 the preprocessing pipelines (torchvision's repr), every method hyper-parameter, which tensors get no weight decay,
 precision. Split sizes come from the registry (a folder of one's own: its manifest). The cost is the total number
-of training images seen, summed over runs (image-epochs).
+of training images seen, summed over runs (image-epochs). With `--pack K` each search run names its pack (the runs
+trained together in one forward/backward) and the summary adds the packed cost: trainings, and image-epochs of data
+passes, which a pack makes once for its K points (its adapted layers still compute K times).
 """
 
 from __future__ import annotations
@@ -47,8 +49,18 @@ def plan_runs(protocol: Protocol) -> list[dict[str, Any]]:
                 "selection": protocol.preset.selection if stage == "search" else None,
             }
             points = grid.points if stage == "search" else [(None, None)]
-            runs += [{**base, "lr": lr, "weight_decay": wd} for lr, wd in points]
+            size = _pack_size(protocol, unit) if stage == "search" else 1
+            runs += [
+                {**base, "lr": lr, "weight_decay": wd, "pack": f"{i // size + 1}/{-(-len(points) // size)}"}
+                for i, (lr, wd) in enumerate(points)
+            ]
     return runs
+
+
+def _pack_size(protocol: Protocol, unit: Any) -> int:
+    """The points a search pack holds: `--pack K` (at most the grid; 1 for a method that cannot pack); `auto` is
+    measured when training starts, so the plan counts it unpacked."""
+    return 1 if protocol.pack == "auto" else protocol.pack_size(unit)
 
 
 def _describe(config: Any, layout: str) -> dict[str, Any]:
@@ -99,6 +111,16 @@ def summary(runs: list[dict[str, Any]]) -> str:
     total = cost(runs)
     lines.append("")
     lines.append(f"{len(runs)} runs, {total:,} image-epochs in all (final runs' lr and weight decay: chosen by search)")
+    packs = {}
+    for run in runs:
+        key = (run["benchmark"], run["task"], run["method"], run["seed"], run["stage"], run["pack"], run["lr"] is None)
+        packs.setdefault(key if run["stage"] == "search" else (id(run),), run)
+    if len(packs) < len(runs):
+        passes = cost(list(packs.values()))
+        lines.append(
+            f"packed: {len(packs)} trainings, {passes:,} image-epochs of data passes (each pack's points share its "
+            f"images and the frozen layers before the first adapted one)"
+        )
     return "\n".join(lines)
 
 

@@ -40,6 +40,8 @@ STAGE_TITLES = {"final": "test top-1 (final)", "search": "best validation top-1 
 VTAB_GROUPS = {"natural": "Natural", "specialized": "Specialized", "structured": "Structured"}
 MEAN = "Mean"
 PARAMS = "params (M)"
+# what each run measured (`training.cost`), shown beside params: results column -> table column
+COST = {"step_ms": "step (ms)", "images_per_s": "images/s", "peak_memory_mb": "peak MiB"}
 PLOT_FLOOR = 1e-3  # millions of parameters; a linear probe (0) would vanish on a log axis
 _BENCHMARK_ALIASES = {"vtab-1k": VTAB1K, "vtab1k": VTAB1K, "vtab": VTAB1K, "fgvc": FGVC, CUSTOM: CUSTOM}
 
@@ -61,6 +63,7 @@ class MethodRow:
     params_m: float
     n_seeds: int
     cells: dict[str, Cell] = field(default_factory=dict)
+    cost: dict[str, float] = field(default_factory=dict)  # COST column -> median over the method's measured runs
 
 
 @dataclass
@@ -274,6 +277,7 @@ def _layout(benchmark: str, tasks: set[str]) -> tuple[list[str], dict[str, list[
 def _build_table(rows: list[dict], benchmark: str, stage: str, setup: str = "", slug: str = "") -> Table:
     per_seed: dict[str, dict[str, dict[int, float]]] = {}  # method -> task -> seed -> top-1
     params: dict[str, list[int]] = {}
+    costs: dict[str, dict[str, list[float]]] = {}
     tasks, groups, diverged = set(), {}, []
     for row in rows:
         task = _canonical(benchmark, row["task"])
@@ -281,6 +285,10 @@ def _build_table(rows: list[dict], benchmark: str, stage: str, setup: str = "", 
         groups[task] = row["group"]
         scores = per_seed.setdefault(row["method"], {}).setdefault(task, {})
         params.setdefault(row["method"], []).append(row["params"])
+        for column in COST:
+            if row.get(column) not in (None, ""):
+                costs.setdefault(row["method"], {}).setdefault(column, []).append(float(row[column]))
+        costs.setdefault(row["method"], {})
         seed = row["seed"]
         if row.get("state", "finished") == "diverged":  # listed, never averaged: the task is left without this seed
             run = f"{task} {row['method']} seed={seed} lr={row['lr']:g} wd={row['weight_decay']:g}"
@@ -297,7 +305,8 @@ def _build_table(rows: list[dict], benchmark: str, stage: str, setup: str = "", 
                     statistics.fmean(cells[name].mean for name in members), None, _min_n(cells, members)
                 )
         seeds = {seed for scores in by_task.values() for seed in scores}
-        table_rows.append(MethodRow(method, statistics.fmean(params[method]) / 1e6, len(seeds), cells))
+        measured = {column: statistics.median(costs[method][column]) for column in COST if costs[method].get(column)}
+        table_rows.append(MethodRow(method, statistics.fmean(params[method]) / 1e6, len(seeds), cells, measured))
         missing = [name for name in columns if name in tasks and name not in cells]
         if missing:
             notes.append(f"{method} has no result for {', '.join(missing)}.")

@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 
 from ..files import write_atomic
-from .report import BENCHMARK_TITLES, MEAN, PARAMS, PLOT_FLOOR, Cell, Table, build_tables
+from .report import BENCHMARK_TITLES, COST, MEAN, PARAMS, PLOT_FLOOR, Cell, Table, build_tables
 
 
 def _format_cell(cell: Cell | None) -> str:
@@ -17,13 +17,25 @@ def _format_cell(cell: Cell | None) -> str:
     return f"{cell.mean:.1f} ± {cell.std:.1f}" if cell.std is not None else f"{cell.mean:.1f}"
 
 
+def _cost_columns(table: Table) -> list[str]:
+    """The measured-cost columns some row of the table has (none for results of versions that did not measure)."""
+    return [c for c in COST if any(c in row.cost for row in table.rows)]
+
+
 def render_markdown(table: Table) -> str:
     """The table as Markdown: a heading, one row per method (accuracies with 1 decimal), notes, diverged runs and
     warnings."""
-    header = ["method", PARAMS, *table.columns]
+    cost = _cost_columns(table)
+    header = ["method", PARAMS, *(COST[c] for c in cost), *table.columns]
     lines = [f"## {table.title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table.rows:
-        cells = [row.method, f"{row.params_m:.3f}", *(_format_cell(row.cells.get(col)) for col in table.columns)]
+        measured = [f"{row.cost[c]:,.1f}" if c in row.cost else "–" for c in cost]
+        cells = [
+            row.method,
+            f"{row.params_m:.3f}",
+            *measured,
+            *(_format_cell(row.cells.get(col)) for col in table.columns),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     seeds = sorted({row.n_seeds for row in table.rows})
     lines += [
@@ -31,6 +43,11 @@ def render_markdown(table: Table) -> str:
         f"Seeds per method: {', '.join(map(str, seeds))}"
         + ("; cells read mean ± sample std." if seeds[-1] > 1 else "."),
     ]
+    if cost:
+        lines.append(
+            f"- {', '.join(COST[c] for c in cost)}: medians over each method's runs as measured in training "
+            "(a packed run counts the images of all its points; peak memory: GPU allocator, or the process on CPU)."
+        )
     lines += [f"- {note}" for note in table.notes]
     lines += [f"- diverged: {run}" for run in table.diverged]
     lines += [f"> **Warning:** {warning}" for warning in table.warnings]
@@ -39,10 +56,11 @@ def render_markdown(table: Table) -> str:
 
 def table_records(table: Table) -> tuple[list[str], list[list]]:
     """The CSV header and rows: method, params (M), n_seeds, then `<col>` and `<col>_std` at full precision."""
-    header = ["method", PARAMS, "n_seeds"] + [name for col in table.columns for name in (col, f"{col}_std")]
+    cost = _cost_columns(table)
+    header = ["method", PARAMS, "n_seeds", *cost] + [name for col in table.columns for name in (col, f"{col}_std")]
     records = []
     for row in table.rows:
-        record: list = [row.method, row.params_m, row.n_seeds]
+        record: list = [row.method, row.params_m, row.n_seeds, *(row.cost.get(c, "") for c in cost)]
         for col in table.columns:
             cell = row.cells.get(col)
             record += ["", ""] if cell is None else [cell.mean, "" if cell.std is None else cell.std]

@@ -23,7 +23,7 @@ class Request:
         overrides: `section.key: value` recipe settings on top of the preset's.
         final_includes_val: FGVC final on train+val (None: the preset's).
         stages: `("search",)` for search-only workers.
-        devices: devices per run; progress, poll, heartbeat, checkpoint_every, announce: see `Protocol`.
+        devices: devices per run; progress, poll, heartbeat, checkpoint_every, announce, pack: see `Protocol`.
     """
 
     preset: str | Path
@@ -44,3 +44,4 @@ class Request:
     heartbeat: int = 60
     checkpoint_every: int = 1
     announce: bool = False
+    pack: int | str = 1

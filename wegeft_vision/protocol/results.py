@@ -56,6 +56,10 @@ COLUMNS = (
     "fingerprint",
     "run_dir",
     "finished_at",
+    "pack",
+    "step_ms",
+    "images_per_s",
+    "peak_memory_mb",
 )
 KEY = ("benchmark", "task", "method", "stage", "seed", "lr", "weight_decay", "fingerprint")
 STATES = ("finished", "diverged")  # diverged: loss or parameters became non-finite; `top1` empty, `reason` says why

@@ -25,8 +25,10 @@ from ..training.run_config import RunConfig
 from .preset import ProtocolPreset
 from .request import STAGES
 from .results import append_rows, check_against_runs
-from .runs import RunSpec, train_run
+from .runs import RunSpec, pack_dir, train_pack
 from .search import GridStudy, open_storage
+
+CLAIM_LOCK = ".claims.lock"  # in the run folder: workers claim a pack's points in turns
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,9 @@ class Protocol:
         heartbeat: seconds between trial heartbeats (RDB storages).
         checkpoint_every: epochs between the checkpoints a killed run resumes from.
         announce: print a line when a run starts (a SLURM job's log tells which runs the job trained).
+        pack: search points of a unit trained together in one run (`runs.train_pack`), or `auto` (as many as fit in
+            memory, `training.packing.points_that_fit`); a method that cannot pack trains one point at a time (said
+            once).
         broken: tasks left out before the start, with the reason (reported at the end, and the exit code is 1).
     """
 
@@ -80,6 +85,7 @@ class Protocol:
         checkpoint_every: int = 1,
         broken: dict[str, str] | None = None,
         announce: bool = False,
+        pack: int | str = 1,
     ) -> None:
         self.preset, self.units, self.out, self.stages = preset, units, out, stages
         self.devices, self.progress, self.poll = devices, progress, poll
@@ -87,6 +93,8 @@ class Protocol:
         self.storage_url, self.heartbeat, self.checkpoint_every = storage, heartbeat, checkpoint_every
         self.broken = dict(broken or {})
         self.announce = announce
+        self.pack = pack
+        self._pack_sizes: dict[tuple[str, str], int] = {}
         self.errors: dict[Unit, str] = {}
         self._schedule_epochs: dict[Unit, int] = {}
         self.results_file = out / "results.csv"
@@ -205,15 +213,38 @@ class Protocol:
         return self._finals[unit]
 
     def _train(self, unit: Unit, stage: str):
-        def train(point: tuple[float, float]) -> dict[str, Any]:
-            spec = self.spec(unit, stage, point)
+        def train(points: list[tuple[float, float]]) -> list[dict[str, Any]]:
+            specs = [self.spec(unit, stage, point) for point in points]
             if self.announce:
-                print(f"training {spec.run_dir(self.out).relative_to(self.out)}", flush=True)
-            row = train_run(spec, self.out)
-            self.epochs_done += int(row["epochs"])
-            return {**row, "spec": spec.identity()}  # the trial's full configuration, kept by Optuna (not the CSV)
+                where = pack_dir(specs, self.out) if len(specs) > 1 else specs[0].run_dir(self.out)
+                print(f"training {where.relative_to(self.out)}", flush=True)
+            rows = train_pack(specs, self.out)
+            self.epochs_done += sum(int(row["epochs"]) for row in rows)
+            # the trial's full configuration, kept by Optuna (not the CSV)
+            return [{**row, "spec": spec.identity()} for row, spec in zip(rows, specs, strict=True)]
 
         return train
+
+    def pack_size(self, unit: Unit) -> int:
+        """How many search points of the unit train together: `pack`, measured for `auto`, 1 for a method that
+        cannot pack (said once per method and benchmark)."""
+        key = (unit.benchmark, unit.method)
+        if self.pack == 1 or key in self._pack_sizes:
+            return self._pack_sizes.get(key, 1)
+        config = self.sample_config(unit)
+        grid = len(self.preset_for(unit).methods[unit.method].points)
+        if (refusal := config.packing_refusal()) is not None:
+            print(f"{unit.method} trains one point at a time: it cannot be packed ({refusal})", flush=True)
+            size = 1
+        elif self.pack == "auto":
+            from ..training.packing import points_that_fit
+
+            size = points_that_fit(config, grid)
+            print(f"--pack auto: {unit.method} on {unit.benchmark} trains {size} point(s) at a time", flush=True)
+        else:
+            size = min(int(self.pack), grid)
+        self._pack_sizes[key] = size
+        return size
 
     def summary(self, last: dict[str, Any] | None = None) -> str:
         """One line: search and final runs done / total over all units, elapsed time, ETA, the latest result."""
@@ -284,7 +315,8 @@ class Protocol:
     def step(self, unit: Unit) -> str:
         """Advance one unit as far as this worker can: `done`, `waiting` (others are training) or `failed`."""
         search = self.search_study(unit)
-        while search.run_one(self._train(unit, "search"), self._announce):
+        claims = self.out / CLAIM_LOCK
+        while search.run_pack(self.pack_size(unit), self._train(unit, "search"), self._announce, claims):
             pass
         states = search.states()
         if any(s in ("running", "waiting", "new") for s in states.values()):
@@ -297,7 +329,7 @@ class Protocol:
         final = self.final_study(unit, self._selection(unit, search))
         final.release_dead_workers()
         final.retry_failed()  # an interrupted final run is redone (from its last checkpoint)
-        while final.run_one(self._train(unit, "final"), self._announce):
+        while final.run_pack(1, self._train(unit, "final"), self._announce):
             pass
         state = final.states()[final.points[0]]
         append_rows(self.results_file, final.results())

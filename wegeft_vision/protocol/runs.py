@@ -11,13 +11,14 @@ parameters become non-finite ends as `diverged` (its result says why); it is a r
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
 import pickle
 import shutil
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from ..backbones import backbone_tag, describe_source, weights_source
 from ..files import write_atomic
 from ..methods import count_trainable
 from ..training.cluster import cluster_environment
+from ..training.packing import split_by_point
 from ..training.run_config import RunConfig
 from .preset import result_settings
 from .results import RESULT_FILE
@@ -102,32 +104,88 @@ def cached_result(spec: RunSpec, out: Path) -> dict[str, Any] | None:
 def train_run(spec: RunSpec, out: Path) -> dict[str, Any]:
     """Train (or resume, or reuse) one run and return its results row (see `results.COLUMNS`); a diverged run's row
     has `state` `diverged`, its `reason`, and no `top1`."""
-    if (row := cached_result(spec, out)) is not None:
-        return row
+    return train_pack([spec], out)[0]
+
+
+def train_pack(specs: list[RunSpec], out: Path) -> list[dict[str, Any]]:
+    """Train grid points of one unit together (`training.packing`) and return each point's row, as `train_run` would.
+
+    The points must differ only in lr and weight decay. Points finished earlier are reused, not trained; two or more
+    others train as one packed run in `pack_dir` (its `config.yaml`, log and checkpoint: a killed pack resumes with
+    all its points), and each point then gets its own folder's `metrics.csv` and `result.json`, as a run of its own.
+    A point that diverges leaves the pack; its row is `diverged` and the others go on.
+    """
+    shared = [{k: v for k, v in s.identity().items() if k not in ("lr", "weight_decay")} for s in specs]
+    if any(other != shared[0] for other in shared[1:]):
+        raise ValueError("the points of a pack must differ only in lr and weight decay")
+    rows = [cached_result(spec, out) for spec in specs]
+    todo = [spec for spec, row in zip(specs, rows, strict=True) if row is None]
+    if todo:
+        fresh = iter(_train_together(todo, out))
+        rows = [row if row is not None else next(fresh) for row in rows]
+    return rows
+
+
+def pack_dir(specs: list[RunSpec], out: Path) -> Path:
+    """The folder of a packed run: beside its points' folders, named by a digest of the points."""
+    points = json.dumps([[s.lr, s.weight_decay] for s in specs])
+    return specs[0].run_dir(out).parent / f"pack-{hashlib.sha256(points.encode()).hexdigest()[:10]}"
+
+
+def _train_together(specs: list[RunSpec], out: Path) -> list[dict[str, Any]]:
     from ..training import TrainingDiverged  # Lightning and jsonargparse only when something trains
+    from ..training.cost import StepCost
 
     for name in ("lightning.pytorch", "lightning.fabric"):  # one summary line per run instead of Lightning's banner
         logging.getLogger(name).setLevel(logging.WARNING)
-    run_dir = spec.run_dir(out)
+    packed = len(specs) > 1
+    run_dir = pack_dir(specs, out) if packed else specs[0].run_dir(out)
+    config = replace(specs[0].config, pack=tuple((s.lr, s.weight_decay) for s in specs)) if packed else None
     run_dir.mkdir(parents=True, exist_ok=True)
     resumed_at = _checkpoint_epoch(run_dir / "checkpoints" / "last.ckpt")
     _keep_logged_epochs(run_dir, resumed_at)
+    cost, reason = StepCost(), ""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
         warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
-        cli = spec.config.instantiate(run_dir, spec.progress, spec.checkpoint_every)
+        cli = (config or specs[0].config).instantiate(run_dir, specs[0].progress, specs[0].checkpoint_every)
+        cli.trainer.callbacks.append(cost)
         try:
-            row = _train(spec, out, run_dir, cli)
+            top1 = _train(specs[0], run_dir, cli)
         except TrainingDiverged as diverged:
-            row = _row(spec, out, run_dir, cli, top1=None, reason=str(diverged))
+            top1, reason = {}, str(diverged)
     _merge_logged_epochs(run_dir)
-    if spec.stage == "search" and row["state"] == "finished":
-        row.update(_best_validation(run_dir / METRICS_FILE))
-    groups = [
-        {"weight_decay": g["weight_decay"], "tensors": g["names"]} for g in cli.model.parameter_groups()
-    ]  # what the optimizer decayed: in result.json, since protocol runs keep Lightning's log quiet
-    _write_result(spec, run_dir, row, resumed_at, groups)
-    return row
+    model = cli.model
+    measured = {**cost.summary(model.device), "pack": len(specs)}
+    rows = []
+    for k, spec in enumerate(specs):
+        point_dir = spec.run_dir(out)
+        if packed:
+            point_dir.mkdir(parents=True, exist_ok=True)
+            _write_metrics(point_dir / METRICS_FILE, split_by_point(_read_metrics(run_dir / METRICS_FILE), k))
+            model.packed.write_point(k)  # the network as the point's own run leaves it (its parameter count, adapter)
+        if k in top1:
+            row = _row(spec, out, point_dir, cli, top1=top1[k])
+        else:
+            why = model.diverged[k] if packed else reason
+            epochs = model.diverged_at.get(k) if packed else None
+            row = _row(spec, out, point_dir, cli, top1=None, reason=why, epochs=epochs)
+        row.update(measured)
+        if spec.stage == "search" and row["state"] == "finished":
+            row.update(_best_validation(point_dir / METRICS_FILE))
+        if spec.stage == "final" and row["state"] == "finished":
+            model.save_adapter(point_dir / "adapter.safetensors", extra={"result": row}, point=k)
+        groups = [  # what the optimizer decayed: in result.json, since protocol runs keep Lightning's log quiet
+            {"weight_decay": g["weight_decay"], "tensors": g["names"]}
+            for g in model.parameter_groups()
+            if g["point"] == k
+        ]
+        extra = {"pack": str(run_dir.relative_to(out))} if packed else {}
+        _write_result(spec, point_dir, row, resumed_at, groups, extra)
+        rows.append(row)
+    if packed:
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    return rows
 
 
 def _best_validation(metrics: Path) -> dict[str, Any]:
@@ -196,7 +254,8 @@ def _preprocessing(prep: Any) -> str:
     return f"{prep.describe(train=False)} mean=({numbers['mean']}) std=({numbers['std']})"
 
 
-def _train(spec: RunSpec, out: Path, run_dir: Path, cli: Any) -> dict[str, Any]:
+def _train(spec: RunSpec, run_dir: Path, cli: Any) -> dict[int, float]:
+    """Fit, then evaluate the stage's split once: the top-1 of each point (0 for a run of one point) still trained."""
     model, data, trainer = cli.model, cli.datamodule, cli.trainer
     devices = spec.config.devices
     if devices > 1:
@@ -222,15 +281,23 @@ def _train(spec: RunSpec, out: Path, run_dir: Path, cli: Any) -> dict[str, Any]:
         trainer.loggers = []  # the last epoch's validation is in the log already
     evaluate = trainer.validate if spec.stage == "search" else trainer.test
     metrics = evaluate(model, datamodule=data, verbose=False)[0]
-    top1 = 100.0 * float(metrics["val/acc" if spec.stage == "search" else "test/acc"])
-    row = _row(spec, out, run_dir, cli, top1=top1)
-    if spec.stage == "final":
-        model.save_adapter(run_dir / "adapter.safetensors", extra={"result": row})
-    return row
+    name = "val/acc" if spec.stage == "search" else "test/acc"
+    if model.packed is None:
+        return {0: 100.0 * float(metrics[name])}
+    return {k: 100.0 * float(metrics[f"{name}@{k}"]) for k in model.packed.active}
 
 
-def _row(spec: RunSpec, out: Path, run_dir: Path, cli: Any, top1: float | None, reason: str = "") -> dict[str, Any]:
-    """The results row of a finished run, or (`top1` None) of a diverged one."""
+def _row(
+    spec: RunSpec,
+    out: Path,
+    run_dir: Path,
+    cli: Any,
+    top1: float | None,
+    reason: str = "",
+    epochs: int | None = None,
+) -> dict[str, Any]:
+    """The results row of a finished run, or (`top1` None) of a diverged one (after `epochs`, by default the epoch
+    the trainer stopped in)."""
     model, data, trainer = cli.model, cli.datamodule, cli.trainer
     source = weights_source(model.network)
     name = model.network.default_cfg["architecture"] if source["kind"] == "random" else backbone_tag(model.network)
@@ -243,7 +310,7 @@ def _row(spec: RunSpec, out: Path, run_dir: Path, cli: Any, top1: float | None, 
         "lr": spec.lr,
         "weight_decay": spec.weight_decay,
         "seed": spec.seed,
-        "epochs": trainer.max_epochs if top1 is not None else trainer.current_epoch + 1,
+        "epochs": trainer.max_epochs if top1 is not None else epochs or trainer.current_epoch + 1,
         "top1": round(top1, 4) if top1 is not None else "",
         "state": "finished" if top1 is not None else "diverged",
         "reason": reason,
@@ -272,9 +339,20 @@ def _precision(trainer_precision: str, matmul: str) -> str:
 
 
 def _write_result(
-    spec: RunSpec, run_dir: Path, row: dict[str, Any], resumed_at: int, groups: list[dict[str, Any]]
+    spec: RunSpec,
+    run_dir: Path,
+    row: dict[str, Any],
+    resumed_at: int,
+    groups: list[dict[str, Any]],
+    extra: dict[str, Any] | None = None,
 ) -> None:
     """`result.json` (written whole or not at all), then the checkpoints go: the run is done."""
-    record = {"spec": spec.identity(), "row": row, "resumed_at_epoch": resumed_at or None, "optimizer_groups": groups}
+    record = {
+        "spec": spec.identity(),
+        "row": row,
+        "resumed_at_epoch": resumed_at or None,
+        "optimizer_groups": groups,
+        **(extra or {}),
+    }
     write_atomic(run_dir / RESULT_FILE, json.dumps(record, indent=1))
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # done: the optimizer state is no longer needed

@@ -19,6 +19,7 @@ What this needs of Optuna beyond its public API lives in `optuna_compat`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import socket
@@ -34,6 +35,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..files import exclusive_lock
 from . import optuna_compat as compat
 from . import preemption
 
@@ -269,6 +271,76 @@ class GridStudy:
                 _enqueue(self.study, claimed[0])
             raise
         return True
+
+    def run_pack(
+        self,
+        count: int,
+        train: Callable[[list[Point]], list[dict[str, Any]]],
+        on_done: Callable[[dict[str, Any]], None],
+        claim_lock: Path | None = None,
+    ) -> bool:
+        """Claim up to `count` free points and train them together (`train(points)` returns one row per point, in
+        order); False when no point is free. With `count` 1 this is `run_one`.
+
+        Each point is a trial of its own, claimed in turn (waiting trials first: the points of a pack that was stopped
+        come back together, in order) with its heartbeat; the trials finish as `run_one`'s do: COMPLETE with the
+        score, PRUNED when the point diverged, FAIL on an error (recorded on each) or on preemption (each point
+        enqueued again, in order). Workers that share `claim_lock` (a file in the run folder) claim in turns, so two
+        workers starting together do not split a pack between them.
+        """
+        if count == 1:
+            return self.run_one(lambda point: train([point])[0], on_done)
+        with exclusive_lock(claim_lock) if claim_lock is not None else contextlib.nullcontext():
+            trials, points = self._claim(count)
+        if not points:
+            return False
+        try:
+            with compat.heartbeats(self.study, trials):
+                rows = train(points)
+        except (SystemExit, KeyboardInterrupt):
+            stopped_by = preemption.received()
+            for trial in trials:
+                if stopped_by is not None:
+                    trial.set_user_attr("preempted", stopped_by)
+                compat.finish_trial(self.study, trial, TrialState.FAIL)
+            if stopped_by is not None:
+                for point in points:
+                    _enqueue(self.study, point)
+            raise
+        except Exception as error:
+            for trial in trials:
+                trial.set_user_attr("error", f"{type(error).__name__}: {error}"[:2000])
+                compat.finish_trial(self.study, trial, TrialState.FAIL)
+            raise
+        for trial, row in zip(trials, rows, strict=True):
+            trial.set_user_attr("result", row)
+            if row.get("state") == "diverged":
+                trial.set_user_attr("diverged", row["reason"])
+                finished = compat.finish_trial(self.study, trial, TrialState.PRUNED)
+            else:
+                finished = compat.finish_trial(self.study, trial, TrialState.COMPLETE, self.score(row))
+            if finished:
+                on_done(row)
+        return True
+
+    def _claim(self, count: int) -> tuple[list[optuna.Trial], list[Point]]:
+        """Up to `count` trials of free points, each claimed with `study.ask` (a duplicate draw is pruned)."""
+        trials: list[optuna.Trial] = []
+        points: list[Point] = []
+        for _ in range(count + len(self.points)):  # a draw may be a duplicate; the grid bounds the draws
+            if len(points) == count or not self.has_free_point():
+                break
+            trial = self.study.ask()
+            point = (trial.suggest_categorical("lr", self.lrs), trial.suggest_categorical("weight_decay", self.wds))
+            trial.set_user_attr("worker", WORKER)
+            other = self._superseded_by(trial, point)
+            if other is not None:
+                trial.set_user_attr("duplicate_of", other)
+                compat.finish_trial(self.study, trial, TrialState.PRUNED)
+                continue
+            trials.append(trial)
+            points.append(point)
+        return trials, points
 
     def results(self) -> list[dict[str, Any]]:
         """The results rows of the COMPLETE and diverged trials (one per point)."""

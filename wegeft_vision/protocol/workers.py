@@ -43,7 +43,8 @@ def worker_command(request: Request) -> list[str]:
     if request.final_includes_val is not None:
         command.append("--final-includes-val" if request.final_includes_val else "--no-final-includes-val")
     command += ["--devices", str(request.devices), "--poll", repr(request.poll), "--heartbeat", str(request.heartbeat)]
-    return [*command, "--checkpoint-every", str(request.checkpoint_every), "--worker", "--no-progress"]
+    command += ["--checkpoint-every", str(request.checkpoint_every), "--pack", str(request.pack)]
+    return [*command, "--worker", "--no-progress"]
 
 
 def _die_with_parent() -> None:

@@ -30,6 +30,7 @@ STAGES = ("search", "final")
 SET_PER_RUN = {
     "model.lr": "the grid's lr",
     "model.weight_decay": "the grid's weight_decay",
+    "model.pack": "--pack",
     "model.method": "the method's preset",
     "seed_everything": "--seeds",
     "data.dataset": "--tasks",
@@ -68,6 +69,8 @@ class RunConfig:
         stop_epoch: a search run stops after this many epochs of its schedule (None: the whole schedule).
         final_includes_val: the FGVC final trains on train+val.
         devices: devices of the run (DDP over several; the recipe's batch is the global one).
+        pack: grid points (lr, weight decay) trained together in this run (`model.pack`, `training.packing`); empty
+            for a run of the one point `lr`, `weight_decay`.
     """
 
     recipe: Path
@@ -81,6 +84,7 @@ class RunConfig:
     stop_epoch: int | None = None
     final_includes_val: bool = False
     devices: int = 1
+    pack: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -105,6 +109,7 @@ class RunConfig:
             "stop_epoch": self.stop_epoch,
             "final_includes_val": self.final_includes_val,
             "devices": self.devices,
+            **({"pack": [list(point) for point in self.pack]} if self.pack else {}),
         }
 
     def lightning_config(
@@ -127,6 +132,8 @@ class RunConfig:
         config["seed_everything"] = self.seed
         model, data, trainer = (config.setdefault(section, {}) for section in ("model", "data", "trainer"))
         model.update(method=yaml.safe_load(Path(self.method).read_text()), lr=self.lr, weight_decay=self.weight_decay)
+        if self.pack:
+            model["pack"] = [{"lr": lr, "weight_decay": wd} for lr, wd in self.pack]
         data.update(self.data, stage=self.stage, seed=self.seed, final_includes_val=self.final_includes_val)
         trainer.update(
             # search: validated every epoch (best and last both recorded); final: nothing evaluated until the end
@@ -255,6 +262,16 @@ class RunConfig:
             raise ValueError(f"{where}: {rest if sep and kind in METHODS else detail}") from error
         _BUILT.add(key)
 
+    def packing_refusal(self) -> str | None:
+        """Why this run's method cannot train packed (`training.packing.packable` on the run's backbone, built on the
+        meta device as `check_method` builds it), or None."""
+        from ..methods import config_from_spec
+        from .packing import packable
+
+        spec = _plain(self.resolved.model.method)
+        overrides = dict(self.resolved.model.backbone_overrides or {})
+        return packable(_build_method(self.backbone, overrides, config_from_spec(spec, "model.method")))
+
     @property
     def precision(self) -> str:
         """The trainer's precision, with the fp32 matmul precision when it is not true fp32."""
@@ -276,9 +293,10 @@ class _BackboneError(Exception):
     """The backbone itself could not be built: not the method's fault."""
 
 
-def _build_method(backbone: str, overrides: dict[str, Any], config: MethodConfig) -> None:
+def _build_method(backbone: str, overrides: dict[str, Any], config: MethodConfig) -> Any:
     """`inject(backbone, config)` with the backbone on the meta device; again with real (random, CPU) tensors when
-    the method reads the weights while it builds (peft's SVD-initialised kinds cannot on the meta device)."""
+    the method reads the weights while it builds (peft's SVD-initialised kinds cannot on the meta device). Returns
+    the injected model."""
     import torch
 
     from ..backbones import create_backbone
@@ -291,8 +309,7 @@ def _build_method(backbone: str, overrides: dict[str, Any], config: MethodConfig
         except Exception as error:  # noqa: BLE001 - timm's own errors for an unknown name or a bad override
             raise _BackboneError(f"{type(error).__name__}: {error}") from error
         try:
-            inject(model, config)  # outside the device context: what the method creates follows the weights' device
-            return
+            return inject(model, config)  # outside the device context: new tensors follow the weights' device
         except (NotImplementedError, RuntimeError):
             if device == "cpu":
                 raise
