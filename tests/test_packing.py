@@ -13,9 +13,9 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_tiny_vit
 from torch.utils.data import DataLoader, TensorDataset
 
-from tests.conftest import make_tiny_vit
 from wegeft_vision.methods import HFPeftConfig, inject, trainable_parameters
 from wegeft_vision.methods.catalogue import variants
 from wegeft_vision.training import ClassificationModule, EpochSeed, TrainingDiverged
@@ -177,7 +177,8 @@ def test_gradient_clipping_is_each_points_own():
 
 def test_pack_auto_measures_what_fits(tmp_path):
     """`--pack auto` on the smoke recipe: a measured number of points between 1 and the grid."""
-    from tests.conftest import smoke_final_spec
+    from conftest import smoke_final_spec
+
     from wegeft_vision.data import write_synthetic
     from wegeft_vision.training.packing import points_that_fit
 
@@ -207,7 +208,8 @@ def test_a_point_that_diverges_leaves_the_pack_and_the_others_go_on():
 def test_a_packed_run_writes_each_points_own_result(tmp_path):
     """`train_pack`: each point's row (a diverged one with its run's reason and epochs) and its own folder, as
     `train_run` would write them."""
-    from tests.conftest import smoke_final_spec
+    from conftest import smoke_final_spec
+
     from wegeft_vision.data import write_synthetic
     from wegeft_vision.protocol.runs import pack_dir, train_pack, train_run
 
