@@ -67,8 +67,12 @@ class Cluster:
 def release(cluster: Cluster, job_id: str) -> subprocess.CompletedProcess:
     """Let a held-back job start now (`scontrol update JobId=<id> StartTime=now`).
 
-    SLURM delays a requeued job's restart (its begin time is set about two minutes ahead); this releases it at once.
+    SLURM delays a requeued job's restart (its begin time is set about two minutes ahead); this releases it at once,
+    but not within the second its old credential was revoked: slurmd compares whole seconds, refuses a credential
+    made in that second ("Job credential revoked") and the job ends instead of restarting. Call it once the requeued
+    job is PENDING.
     """
+    time.sleep(2.0)
     return cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
 
 

@@ -38,12 +38,12 @@ def states(cluster: Cluster, *job_ids: str) -> dict[str, str]:
     return dict(line.split() for line in done.stdout.splitlines() if line.strip())
 
 
-def wait_for(condition, timeout: float = 20.0, what: str = "condition") -> None:
-    """Poll `condition()` until true; fail the test after `timeout` seconds."""
+def wait_for(condition, timeout: float = 20.0, what: str = "condition", detail=None) -> None:
+    """Poll `condition()` until true; fail the test after `timeout` seconds (with `detail()`, e.g. the job's state)."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}" + (f": {detail()}" if detail else ""))
         time.sleep(0.2)
 
 
@@ -71,7 +71,13 @@ def test_a_requeued_job_runs_again_once_released(cluster: Cluster, tmp_path: Pat
     assert cluster.run("squeue", "-h", "-o", "%r", "-j", job).stdout.strip() == "BeginTime"  # held back ~2 minutes
     done = release(cluster, job)
     assert done.returncode == 0, done.stderr
-    wait_for(lambda: len(starts.read_text().splitlines()) >= 2, timeout=90, what="the second run")
+
+    def job_state() -> str:
+        shown = cluster.run("scontrol", "show", "job", job)
+        logs = [(cluster.folder / f"{name}.log").read_text().splitlines()[-15:] for name in ("slurmctld", "slurmd")]
+        return "\n".join([shown.stdout, shown.stderr, *(line for log in logs for line in log)])
+
+    wait_for(lambda: len(starts.read_text().splitlines()) >= 2, timeout=90, what="the second run", detail=job_state)
     assert len(starts.read_text().splitlines()) == 2
     assert cluster.run("scancel", job).returncode == 0
     cluster.wait_empty(30)
