@@ -22,6 +22,7 @@ final runs at the separate one. It is meaningful for the backbone the plan train
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 
 from wegeft_vision.backbones import create_backbone
 from wegeft_vision.methods import config_from_dict, inject
+from wegeft_vision.training.cost import SavedBytes
 from wegeft_vision.training.packing import PackedNetwork
 
 METHODS = {
@@ -82,7 +84,7 @@ class Variant:
 
     def __init__(self, base: torch.nn.Module, method: str, points: int, args: argparse.Namespace) -> None:
         self.method, self.points = method, points
-        network = inject(_copy(base), config_from_dict(METHODS[method])).to(args.device).train()
+        network = inject(copy.deepcopy(base), config_from_dict(METHODS[method])).to(args.device).train()
         if points:
             self.model = PackedNetwork(network, points)
             groups = [{"params": list(tensors), "lr": 1e-3 * (i + 1)} for i, tensors in enumerate(self.model.points)]
@@ -107,24 +109,13 @@ class Variant:
         self.optimizer.zero_grad(set_to_none=True)
 
     def saved_bytes(self, images: torch.Tensor, labels: torch.Tensor) -> int:
-        """Bytes autograd keeps for backward in one step (each storage once), the trainable tensors left out."""
-        storages: dict[int, int] = {}
-
-        def pack(tensor: torch.Tensor) -> torch.Tensor:
-            try:
-                storage = tensor.untyped_storage()
-            except (RuntimeError, NotImplementedError):  # a wrapper without storage: its size
-                storages[id(tensor)] = tensor.numel() * tensor.element_size()
-                return tensor
-            storages[storage.data_ptr()] = storage.nbytes()
-            return tensor
-
-        trainable = {p.untyped_storage().data_ptr() for p in self.model.parameters()}
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        """Bytes autograd keeps for backward in one step, the trainable tensors left out."""
+        with SavedBytes() as saved:
             loss = self.loss(images, labels)
         loss.backward()
         self.optimizer.zero_grad(set_to_none=True)
-        return sum(n for ptr, n in storages.items() if ptr not in trainable)
+        trainable = {p.untyped_storage().data_ptr() for p in self.model.parameters()}
+        return sum(n for ptr, n in saved.storages.items() if ptr not in trainable)
 
     def cuda_peak_bytes(self, images: torch.Tensor, labels: torch.Tensor) -> int | None:
         if images.device.type != "cuda":
@@ -135,12 +126,6 @@ class Variant:
         self.step(images, labels)
         sync(images.device)
         return torch.cuda.max_memory_allocated(images.device) - resident
-
-
-def _copy(model: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
-    return copy.deepcopy(model)
 
 
 def bench_steps(model_name: str, args: argparse.Namespace) -> list[dict]:

@@ -157,6 +157,7 @@ def _train_together(specs: list[RunSpec], out: Path) -> list[dict[str, Any]]:
     _merge_logged_epochs(run_dir)
     model = cli.model
     measured = {**cost.summary(model.device), "pack": len(specs)}
+    optimizer_groups = model.parameter_groups()
     rows = []
     for k, spec in enumerate(specs):
         point_dir = spec.run_dir(out)
@@ -176,9 +177,7 @@ def _train_together(specs: list[RunSpec], out: Path) -> list[dict[str, Any]]:
         if spec.stage == "final" and row["state"] == "finished":
             model.save_adapter(point_dir / "adapter.safetensors", extra={"result": row}, point=k)
         groups = [  # what the optimizer decayed: in result.json, since protocol runs keep Lightning's log quiet
-            {"weight_decay": g["weight_decay"], "tensors": g["names"]}
-            for g in model.parameter_groups()
-            if g["point"] == k
+            {"weight_decay": g["weight_decay"], "tensors": g["names"]} for g in optimizer_groups if g["point"] == k
         ]
         extra = {"pack": str(run_dir.relative_to(out))} if packed else {}
         _write_result(spec, point_dir, row, resumed_at, groups, extra)

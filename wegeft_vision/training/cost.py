@@ -3,6 +3,7 @@
 `StepCost` times every training step (the device synchronized on GPUs, so the time is the step's, not its launch's)
 and reads the peak memory: the CUDA allocator's peak on GPUs, the process's peak resident size on CPUs. A packed run
 counts the images of every point it trains (image-steps), so its images/s compares with K separate runs'.
+`SavedBytes` counts the bytes autograd keeps for backward (`--pack auto` on a CPU, `scripts/bench_pack.py`).
 """
 
 from __future__ import annotations
@@ -64,3 +65,28 @@ def peak_memory_mb(device: torch.device | None = None) -> float:
         return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
+class SavedBytes(torch.autograd.graph.saved_tensors_hooks):
+    """The bytes autograd saves for backward inside the block (each storage once; a tensor without a storage of its
+    own, inside `vmap`, by its size), e.g. `with SavedBytes() as saved: loss = ...`, then `saved.total`."""
+
+    def __init__(self) -> None:
+        self.storages: dict[int, int] = {}
+        super().__init__(self._pack, lambda tensor: tensor)
+
+    def __enter__(self) -> SavedBytes:
+        super().__enter__()
+        return self
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        try:
+            storage = tensor.untyped_storage()
+            self.storages[storage.data_ptr()] = storage.nbytes()
+        except (RuntimeError, NotImplementedError):  # a wrapper without a storage of its own (inside vmap)
+            self.storages[id(tensor)] = tensor.numel() * tensor.element_size()
+        return tensor
+
+    @property
+    def total(self) -> int:
+        return sum(self.storages.values())

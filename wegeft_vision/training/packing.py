@@ -165,6 +165,7 @@ def points_that_fit(config: Any, limit: int, headroom: float = 0.8) -> int:
     """
     from ..backbones import create_backbone
     from ..methods import inject
+    from .cost import SavedBytes
 
     resolved = config.resolved
     device = torch.device("cuda" if torch.cuda.is_available() and resolved.trainer.accelerator != "cpu" else "cpu")
@@ -185,7 +186,7 @@ def points_that_fit(config: Any, limit: int, headroom: float = 0.8) -> int:
         packed.active = active
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None), _SavedBytes() as saved:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None), SavedBytes() as saved:
             loss = sum(torch.nn.functional.cross_entropy(logits, labels) for logits in packed(images))
         loss.backward()
         used.append(torch.cuda.max_memory_allocated(device) if device.type == "cuda" else saved.total)
@@ -198,30 +199,6 @@ def points_that_fit(config: Any, limit: int, headroom: float = 0.8) -> int:
         free = _mem_available()
         base = sum(p.numel() * p.element_size() for p in network.parameters())
     return int(max(1, min(limit, (headroom * free - base) // per_point)))
-
-
-class _SavedBytes(torch.autograd.graph.saved_tensors_hooks):
-    """The bytes autograd saves for backward inside the block (each storage once)."""
-
-    def __init__(self) -> None:
-        self.storages: dict[int, int] = {}
-        super().__init__(self._pack, lambda tensor: tensor)
-
-    def __enter__(self) -> _SavedBytes:
-        super().__enter__()
-        return self
-
-    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
-        try:
-            storage = tensor.untyped_storage()
-            self.storages[storage.data_ptr()] = storage.nbytes()
-        except (RuntimeError, NotImplementedError):  # a wrapper without a storage of its own (inside vmap)
-            self.storages[id(tensor)] = tensor.numel() * tensor.element_size()
-        return tensor
-
-    @property
-    def total(self) -> int:
-        return sum(self.storages.values())
 
 
 def _mem_available() -> float:
