@@ -113,8 +113,8 @@ def summary(runs: list[dict[str, Any]]) -> str:
     lines.append(f"{len(runs)} runs, {total:,} image-epochs in all (final runs' lr and weight decay: chosen by search)")
     packs = {}
     for run in runs:
-        key = (run["benchmark"], run["task"], run["method"], run["seed"], run["stage"], run["pack"], run["lr"] is None)
-        packs.setdefault(key if run["stage"] == "search" else (id(run),), run)
+        key = (run["benchmark"], run["task"], run["method"], run["seed"], run["pack"])
+        packs.setdefault(key if run["stage"] == "search" else (id(run),), run)  # a final is a training of its own
     if len(packs) < len(runs):
         passes = cost(list(packs.values()))
         lines.append(

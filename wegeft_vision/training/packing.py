@@ -37,7 +37,7 @@ def packable(network: nn.Module) -> str | None:
         return None  # no input size known: the first step will tell
     tensors = trainable_parameters(network)
     stacked = [torch.stack([t.detach(), t.detach()]) for t in tensors.values()]
-    weight = next(iter(tensors.values()), None) if tensors else next(network.parameters())
+    weight = next(iter(tensors.values())) if tensors else next(network.parameters())
     images = torch.zeros(1, *shape, dtype=weight.dtype, device=weight.device)
     training = network.training
     try:
