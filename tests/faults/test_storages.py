@@ -1,15 +1,18 @@
 """Workers sharing a real database: two worker processes on one study, in PostgreSQL and in the journal file, one of
 them killed mid-run (the full grid, none trained twice, none lost); a worker killed right after claiming a point,
-before it recorded anything, does not stall the others; dead workers are released on either storage."""
+before it recorded anything, does not stall the others; dead workers are released on either storage; a writer killed
+while it holds the journal's lock leaves no lock behind."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,6 +22,7 @@ from optuna.storages import BaseStorage, JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from wegeft_vision.protocol.optuna_compat import _JournalFlock
 from wegeft_vision.protocol.results import row_key
 from wegeft_vision.protocol.search import GridStudy, open_storage
 
@@ -184,3 +188,52 @@ def test_a_killed_worker_its_parent_has_not_reaped_yet_is_dead(tmp_path):
         assert study.release_dead_workers() == [storage.get_trial(claimed).number]
     finally:
         worker.wait()
+
+
+def _locked(path: Path) -> bool:
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        return False
+
+
+def test_a_writer_killed_while_it_holds_the_journal_lock_leaves_no_lock_behind(tmp_path):
+    journal = tmp_path / "studies.log"
+    hold = "import sys, time; from wegeft_vision.protocol.optuna_compat import _JournalFlock as F"
+    hold += "; lock = F(sys.argv[1]); lock.acquire()"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold + "; print(1, flush=True); time.sleep(120)", str(journal)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "1\n"
+        assert _locked(Path(_JournalFlock(str(journal)).path))
+    finally:
+        holder.kill()
+        holder.wait()
+    storage = open_storage(f"journal:{journal}", tmp_path)
+    study = GridStudy(storage, "study", POINTS)  # writes at once: no grace period to wait out
+    claimed = _claim(storage, study, {}, datetime.now())
+    assert [t._trial_id for t in study.trials()] == [claimed]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["studies.log", "studies.log.flock"]  # no Optuna lock files
+
+
+def test_the_journal_lock_excludes_the_threads_of_one_process(tmp_path):
+    lock, order = _JournalFlock(str(tmp_path / "studies.log")), []
+    lock.acquire()
+
+    def second() -> None:
+        lock.acquire()
+        order.append("second")
+        lock.release()
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    time.sleep(0.3)
+    order.append("first")  # the second thread is still waiting
+    lock.release()
+    thread.join(timeout=30)
+    assert order == ["first", "second"] and not _locked(Path(lock.path))

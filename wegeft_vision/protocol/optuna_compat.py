@@ -1,7 +1,8 @@
 """Every use of Optuna's private API, in one place (as pandas keeps `pandas/compat/`).
 
 What the protocol needs and Optuna does not offer publicly: system attributes written with a trial's first write
-(the RDB storages' `_create_new_trial`), a heartbeat for the journal file (`storages._heartbeat.BaseHeartbeat`), a
+(the RDB storages' `_create_new_trial`), a heartbeat and a kill-safe lock for the journal file
+(`storages._heartbeat.BaseHeartbeat`, `storages.journal._file.BaseJournalFileLock`), a
 callback for heartbeat-stale trials under both of its names, a trial's storage id, the system attributes by which
 `GridSampler` and the trial queue assign a point (`grid_id`, `search_space`, `fixed_params`), and the loggers of
 Optuna's modules. Nothing runs at import: `prepare` (called when a storage is opened) checks the installed Optuna
@@ -15,6 +16,7 @@ import contextlib
 import functools
 import logging
 import re
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -30,7 +32,10 @@ from optuna.storages._heartbeat import (
     get_heartbeat_thread,  # what `optimize` runs beside a trial
 )
 from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal._file import BaseJournalFileLock  # what `JournalFileBackend` takes as its lock
 from optuna.trial import FrozenTrial, TrialState, create_trial
+
+from ..files import exclusive_lock
 
 # (major, minor) at least, below: 4.3 brought `UpdateFinishedTrialError`; 4.3, 4.4, 4.8, 4.9 and 5.0 pass those tests
 SUPPORTED = ((4, 3), (5, 1))
@@ -144,13 +149,32 @@ class _RDBStorage(_HookedStorage, RDBStorage):
         return super()._create_new_trial(study_id, _new_trial_template(template_trial, self.claim_attrs()))
 
 
+class _JournalFlock(BaseJournalFileLock):
+    """The journal's writers take turns through `flock` on `<journal>.flock`, which the kernel releases when its holder
+    dies. Optuna's own locks are files that a SIGKILLed writer leaves behind; every waiting writer breaks such a lock
+    after its grace period, and the second to break it removes the first one's fresh lock ("did not possess lock")."""
+
+    def __init__(self, journal: str) -> None:
+        self.path = journal + ".flock"
+        self._held = threading.local()  # the heartbeat thread writes too
+
+    def acquire(self) -> bool:
+        lock = exclusive_lock(self.path)
+        lock.__enter__()
+        self._held.lock = lock
+        return True
+
+    def release(self) -> None:
+        self._held.__dict__.pop("lock").__exit__(None, None, None)
+
+
 class _JournalStorage(_HookedStorage, JournalStorage, BaseHeartbeat):
     """Optuna's journal file with the heartbeat it lacks: Optuna's heartbeat thread stamps a RUNNING trial's system
     attribute `heartbeat` (seconds since the epoch on the writer's clock: hosts must agree well within the grace
-    period), and `fail_stale_trials` fails a trial silent for three heartbeats."""
+    period), and `fail_stale_trials` fails a trial silent for three heartbeats. Writers lock through `_JournalFlock`."""
 
     def __init__(self, path: str, heartbeat: int) -> None:
-        super().__init__(JournalFileBackend(path))
+        super().__init__(JournalFileBackend(path, lock_obj=_JournalFlock(path)))
         self.heartbeat_interval = heartbeat
 
     def claim_attrs(self) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from ..methods import (
     trainable_parameters,
 )
 from ..methods.legacy import current_tensor_name
+from .cluster import destroy_process_group_at_exit
 from .packing import PackedNetwork
 
 MATMUL_PRECISIONS = ("highest", "high", "medium")
@@ -159,6 +160,8 @@ class ClassificationModule(L.LightningModule):
         return data_config(self.network)
 
     def setup(self, stage: str) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            destroy_process_group_at_exit()
         precision = self.hparams.float32_matmul_precision
         torch.set_float32_matmul_precision(precision)
         torch.backends.cudnn.allow_tf32 = precision != "highest"
