@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ..data.images import read_image
 from ..data.tasks import Task, open_task
@@ -25,5 +26,8 @@ def pixel_logistic_regression(folder: str | Path) -> float:
     task = open_task(Path(folder))
     train_x, train_y = _pixels(task, "train800val200")
     test_x, test_y = _pixels(task, "test")
-    model = LogisticRegression(max_iter=5000).fit(train_x, train_y)
+    # One BLAS thread: lbfgs makes hundreds of small matrix products, and threads spinning beside PyTorch's make each
+    # 10-50x slower on a small machine (the probes of `scripts/eval_transfer.py` took seconds per C value, not 0.1 s)
+    with threadpool_limits(limits=1, user_api="blas"):
+        model = LogisticRegression(max_iter=5000).fit(train_x, train_y)
     return 100.0 * float((model.predict(test_x) == test_y).mean())

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from ..backbones import data_config
 from ..data.images import read_image
@@ -63,7 +64,8 @@ def linear_probe(model: torch.nn.Module, folder: str | Path, c_grid: tuple[float
     )
 
     def fitted(c: float, on: str) -> object:
-        return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000)).fit(*split[on])
+        with threadpool_limits(limits=1, user_api="blas"):  # see `pixels.pixel_logistic_regression`
+            return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000)).fit(*split[on])
 
     def top1(classifier, on: str) -> float:
         features, labels = split[on]
